@@ -1,0 +1,29 @@
+"""fmnist_tf: train, export and serve a Fashion-MNIST classifier the way TensorFlow's tools expect."""
+
+from fmnist_tf.data import (
+    CLASS_NAMES,
+    DataError,
+    load_split,
+    load_splits,
+    normalize,
+    prepare_tfds,
+)
+from fmnist_tf.export import ExportError, export_saved_model, latest_version_path
+from fmnist_tf.model import build_model, compile_model
+from fmnist_tf.training import Config, run
+
+__all__ = [
+    "CLASS_NAMES",
+    "Config",
+    "DataError",
+    "ExportError",
+    "build_model",
+    "compile_model",
+    "export_saved_model",
+    "latest_version_path",
+    "load_split",
+    "load_splits",
+    "normalize",
+    "prepare_tfds",
+    "run",
+]

@@ -1,0 +1,59 @@
+"""Shared fixtures: the shipped raw files, a TFDS data dir prepared once from them, IDX file makers."""
+
+import gzip
+import os
+import shutil
+import struct
+import sys
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+from fmnist_tf import data  # noqa: E402
+
+REPO = data.DEFAULT_RAW_DIR.parent.parent
+
+
+@pytest.fixture(scope="session")
+def tfds_dir(tmp_path_factory):
+    """A TFDS data dir with fashion_mnist prepared offline from the shipped files."""
+    path = tmp_path_factory.mktemp("tfds")
+    data.prepare_tfds(data.DEFAULT_RAW_DIR, str(path))
+    return str(path)
+
+
+@pytest.fixture
+def raw_copy(tmp_path):
+    """A writable copy of the shipped raw folder, to damage."""
+    return shutil.copytree(data.DEFAULT_RAW_DIR, tmp_path / "raw")
+
+
+def write_idx(path, magic, dims, payload):
+    """Write an IDX .gz file with the given header fields and payload bytes."""
+    with gzip.open(path, "wb") as f:
+        f.write(struct.pack(">I", magic) + b"".join(struct.pack(">I", d) for d in dims) + payload)
+
+
+def parse_idx(path):
+    """An independent reader of an IDX .gz file, for checking the package's: NumPy on gunzipped bytes."""
+    raw = gzip.open(path).read()
+    ndim = raw[3]
+    dims = struct.unpack(">" + "I" * ndim, raw[4 : 4 + 4 * ndim])
+    return np.frombuffer(raw[4 + 4 * ndim :], np.uint8).reshape(dims)
+
+
+def run_script(name, *args, timeout=600):
+    """Run scripts/<name> as a user would; return the CompletedProcess."""
+    import subprocess
+
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    return subprocess.run(
+        [sys.executable, str(REPO / "scripts" / name), *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+        cwd=REPO,
+    )

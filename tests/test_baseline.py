@@ -1,0 +1,23 @@
+import numpy as np
+
+from fmnist_tf import baseline
+
+
+def test_arrays_are_normalized_in_the_original_file_order():
+    (x_train, y_train), (x_test, y_test) = baseline.load_arrays(source="idx")
+    assert x_train.shape == (60_000, 784) and x_test.shape == (10_000, 784)
+    assert x_train.dtype == np.float32 and 0.0 == x_train.min() and x_train.max() == 1.0
+    # The first ten training labels of Zalando's file.
+    assert y_train[:10].tolist() == [9, 0, 0, 3, 0, 2, 7, 2, 5, 5]
+
+
+def test_cross_validation_on_real_data_beats_a_floor():
+    (x_train, y_train), (x_test, y_test) = baseline.load_arrays(source="idx")
+    figures = baseline.run_baseline(
+        (x_train[:10_000], y_train[:10_000]), (x_test, y_test), folds=3, max_iter=5, n_jobs=1
+    )
+    assert len(figures["cv_scores"]) == 3
+    assert all(0.72 <= s <= 0.9 for s in figures["cv_scores"]), figures["cv_scores"]
+    assert figures["cv_mean"] == np.mean(figures["cv_scores"])
+    assert 0.72 <= figures["test_accuracy"] <= 0.9
+    assert figures["not_converged"] == figures["fits"] == 4

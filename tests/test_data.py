@@ -1,0 +1,139 @@
+import gzip
+import hashlib
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from conftest import parse_idx, write_idx
+from fmnist_tf import data
+
+
+def test_shipped_files_match_sha256sums():
+    data.verify_checksums(data.DEFAULT_RAW_DIR)
+    assert (data.DEFAULT_RAW_DIR / "LICENSE").read_text().startswith("The MIT License")
+
+
+@pytest.mark.parametrize("split", ["train", "test"])
+def test_idx_source_reads_the_files_exactly(split):
+    images_file, labels_file = data.RAW_FILES[split]
+    expected_images = parse_idx(data.DEFAULT_RAW_DIR / images_file)
+    expected_labels = parse_idx(data.DEFAULT_RAW_DIR / labels_file)
+    images, labels = data.to_numpy(data.load_split(split, "idx"))
+    assert images.dtype == np.uint8 and images.shape == (data.SPLIT_SIZES[split], 28, 28)
+    file_images, file_labels = data.to_file_order(split, images, labels)
+    np.testing.assert_array_equal(file_images, expected_images)
+    np.testing.assert_array_equal(file_labels, expected_labels)
+
+
+@pytest.mark.parametrize("split", ["train", "test"])
+def test_tfds_and_idx_yield_the_same_examples_in_the_same_order(split, tfds_dir):
+    tfds_images, tfds_labels = data.to_numpy(data.load_split(split, "tfds", tfds_dir=tfds_dir))
+    idx_images, idx_labels = data.to_numpy(data.load_split(split, "idx"))
+    assert len(tfds_labels) == data.SPLIT_SIZES[split]
+    assert tfds_labels.dtype == idx_labels.dtype == np.int64
+    np.testing.assert_array_equal(tfds_images, idx_images)
+    np.testing.assert_array_equal(tfds_labels, idx_labels)
+
+
+def test_normalize_maps_uint8_to_unit_float_flattened():
+    images = np.arange(2 * 28 * 28, dtype=np.int64).reshape(2, 28, 28) % 256
+    out = data.normalize(images.astype(np.uint8)).numpy()
+    assert out.dtype == np.float32 and out.shape == (2, 784)
+    np.testing.assert_array_equal(out, (images.reshape(2, 784) / np.float32(255)).astype(np.float32))
+    assert out.min() == 0.0 and out.max() == 1.0
+    assert data.normalize(np.zeros((28, 28), np.uint8)).shape == (784,)
+
+
+def _fingerprints(ds):
+    images, labels = data.to_numpy(ds)
+    return [hashlib.sha1(image.tobytes()).hexdigest() for image in images], labels
+
+
+def test_split_is_disjoint_covering_deterministic_and_balanced():
+    train_all = data.load_split("train", "idx")
+    all_prints, _ = _fingerprints(train_all)
+    train, validation = data.split_train_validation(train_all, seed=42)
+    train_prints, train_labels = _fingerprints(train)
+    val_prints, val_labels = _fingerprints(validation)
+    assert len(train_prints) == 48_000 and len(val_prints) == 12_000
+    assert not set(train_prints) & set(val_prints)
+    assert set(train_prints) | set(val_prints) == set(all_prints)
+    for labels in (train_labels, val_labels):
+        shares = np.bincount(labels, minlength=10) / len(labels)
+        assert np.all(np.abs(shares - 0.1) <= 0.01), shares
+    assert _fingerprints(data.split_train_validation(train_all, seed=42)[1])[0] == val_prints
+    assert _fingerprints(data.split_train_validation(train_all, seed=7)[1])[0] != val_prints
+
+
+def test_training_pipeline_is_seeded_and_reshuffles_each_epoch():
+    ds = data.load_split("test", "idx")
+    first = data.training_pipeline(ds, batch_size=32, seed=1)
+    epoch1 = np.concatenate([y for _, y in first])
+    epoch2 = np.concatenate([y for _, y in first])
+    second = data.training_pipeline(ds, batch_size=32, seed=1)
+    again = np.concatenate([y for _, y in second])
+    x, y = next(iter(second))
+    assert x.dtype == tf.float32 and x.shape == (32, 784) and y.shape == (32,)
+    assert len(epoch1) == 10_000
+    np.testing.assert_array_equal(epoch1, again)
+    assert not np.array_equal(epoch1, epoch2)
+    assert sorted(epoch1.tolist()) == sorted(epoch2.tolist())
+
+
+def test_evaluation_pipeline_keeps_order():
+    ds = data.load_split("test", "idx")
+    images, labels = data.to_numpy(ds)
+    batches = list(data.evaluation_pipeline(ds, batch_size=1000))
+    np.testing.assert_array_equal(np.concatenate([y for _, y in batches]), labels)
+    np.testing.assert_array_equal(batches[0][0].numpy(), data.normalize(images[:1000]).numpy())
+
+
+@pytest.mark.parametrize(
+    "name, magic, dims, payload, message",
+    [
+        ("t10k-images-idx3-ubyte.gz", 0x801, (10_000, 28, 28), b"", "magic number 0x00000801"),
+        ("t10k-images-idx3-ubyte.gz", 0x803, (10_000, 32, 32), bytes(10_000 * 32 * 32), "32x32"),
+        ("t10k-images-idx3-ubyte.gz", 0x803, (9_999, 28, 28), bytes(9_999 * 784), "holds 9999 items"),
+        ("t10k-labels-idx1-ubyte.gz", 0x801, (10_000,), bytes(5_000), "truncated or corrupt"),
+    ],
+)
+def test_idx_header_problems_name_the_file(raw_copy, name, magic, dims, payload, message):
+    write_idx(raw_copy / name, magic, dims, payload)
+    with pytest.raises(data.DataError, match=message) as error:
+        data.load_split("test", "idx", raw_dir=raw_copy)
+    assert name in str(error.value)
+
+
+def test_truncated_gzip_is_reported(raw_copy):
+    path = raw_copy / "t10k-labels-idx1-ubyte.gz"
+    path.write_bytes(path.read_bytes()[:2000])
+    with pytest.raises(data.DataError, match="t10k-labels-idx1-ubyte.gz.*(truncated|gzip)"):
+        data.load_split("test", "idx", raw_dir=raw_copy)
+
+
+@pytest.mark.parametrize("source", data.SOURCES)
+def test_missing_file_says_which_and_how_to_fix(raw_copy, tmp_path, source):
+    (raw_copy / "train-labels-idx1-ubyte.gz").unlink()
+    with pytest.raises(data.DataError, match="train-labels-idx1-ubyte.gz: file missing: restore"):
+        data.load_split("train", source, raw_dir=raw_copy, tfds_dir=str(tmp_path / "tfds"))
+
+
+def test_corrupted_copy_fails_tfds_checksum_and_our_check(raw_copy, tmp_path):
+    path = raw_copy / "t10k-labels-idx1-ubyte.gz"
+    # A valid gzip of different labels: only a checksum can tell.
+    labels = parse_idx(path).copy()
+    labels[0] = (labels[0] + 1) % 10
+    with gzip.open(path, "wb") as f:
+        f.write(b"\x00\x00\x08\x01" + (10_000).to_bytes(4, "big") + labels.tobytes())
+    with pytest.raises(data.DataError, match="t10k-labels-idx1-ubyte.gz: SHA-256"):
+        data.verify_checksums(raw_copy)
+    with pytest.raises(data.DataError, match="checksum differs from the one TFDS registers"):
+        data.prepare_tfds(raw_copy, str(tmp_path / "tfds"))
+
+
+def test_unknown_source_and_split_are_rejected():
+    with pytest.raises(ValueError, match="unknown source 'csv'"):
+        data.load_split("train", "csv")
+    with pytest.raises(ValueError, match="unknown split 'val'"):
+        data.load_split("val", "idx")

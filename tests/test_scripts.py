@@ -1,0 +1,82 @@
+"""The scripts run as a user runs them, on the shipped data."""
+
+import json
+import re
+
+import matplotlib.image
+import pytest
+
+from conftest import run_script
+
+
+# TensorFlow 2.21's C++ runtime logs at import, before any of our code runs, whatever TF_CPP_MIN_LOG_LEVEL says.
+_TF_RUNTIME_LOG = re.compile(r"^([IWEF]\d{4} |WARNING: All log messages before absl::InitializeLog)")
+
+
+def _error_lines(done):
+    return [line for line in done.stderr.splitlines() if line.strip() and not _TF_RUNTIME_LOG.match(line)]
+
+
+def test_train_twice_exports_versions_1_then_2(tmp_path):
+    base = tmp_path / "fashion_mnist"
+    args = ["--epochs=1", "--source=idx", f"--export_dir={base}", f"--metrics_json={tmp_path / 'm.json'}"]
+    done = run_script("train.py", *args)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "1500/1500" in done.stdout and "val_accuracy" in done.stdout  # Keras's per-epoch line
+    assert "validation: loss" in done.stdout and "test:" in done.stdout
+    figures = json.loads((tmp_path / "m.json").read_text())
+    for key in ("val_accuracy", "val_loss", "test_accuracy", "test_loss", "history", "export_path", "fit_seconds", "seconds"):
+        assert key in figures
+    assert figures["val_accuracy"] >= 0.8
+    first = sorted(p.relative_to(base) for p in (base / "1").rglob("*"))
+    stamp = (base / "1" / "saved_model.pb").stat().st_mtime_ns
+    again = run_script("train.py", *args[:3])
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert sorted(p.name for p in base.iterdir()) == ["1", "2"]
+    assert sorted(p.relative_to(base) for p in (base / "1").rglob("*")) == first
+    assert (base / "1" / "saved_model.pb").stat().st_mtime_ns == stamp
+    assert (tmp_path / "models.config").is_file()
+
+
+@pytest.mark.parametrize(
+    "flag, message",
+    [
+        ("--epochs=0", "epochs"),
+        ("--epochs=abc", "epochs"),
+        ("--batch_size=-1", "batch_size"),
+        ("--source=csv", "source"),
+        ("--raw_dir=/nonexistent", "/nonexistent"),
+        ("--export_dir=/proc/fashion_mnist", "/proc/fashion_mnist"),
+    ],
+)
+def test_bad_flags_stop_with_one_line(tmp_path, flag, message):
+    done = run_script("train.py", f"--export_dir={tmp_path / 'm'}", flag)
+    assert done.returncode != 0
+    lines = _error_lines(done)
+    assert len(lines) == 1 and lines[0].startswith("error:") and message in lines[0], done.stderr
+    assert "Epoch" not in done.stdout
+    assert not (tmp_path / "m").exists() or not any((tmp_path / "m").iterdir())
+
+
+def test_explore_writes_the_grid_and_counts(tmp_path):
+    out = tmp_path / "grid.png"
+    done = run_script("explore.py", f"--out={out}", "--count=10", "--source=idx")
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "[9, 0, 0, 3, 0, 2, 7, 2, 5, 5]" in done.stdout
+    assert "Ankle boot" in done.stdout and "6000    1000" in done.stdout
+    image = matplotlib.image.imread(out)
+    assert image.shape[:2] == (380, 800)  # 2 rows x 5 columns of 1.6 x 1.9 inch cells at 100 dpi
+    assert image[..., :3].std() > 0.1  # images, not a blank canvas
+
+
+def test_baseline_script_prints_folds_and_writes_json(tmp_path, tfds_dir):
+    out = tmp_path / "b.json"
+    done = run_script(
+        "baseline.py", "--folds=2", "--max_iter=5", "--n_jobs=2", f"--tfds_dir={tfds_dir}", f"--metrics_json={out}"
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "fold 2: accuracy" in done.stdout and "CV mean accuracy" in done.stdout
+    assert done.stdout.count("stopped at max_iter=5") == 1
+    figures = json.loads(out.read_text())
+    assert set(figures) == {"cv_scores", "cv_mean", "test_accuracy", "seconds"}
+    assert figures["cv_mean"] >= 0.75 and figures["test_accuracy"] >= 0.75
