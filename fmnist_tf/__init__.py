@@ -9,7 +9,7 @@ from fmnist_tf.data import (
     prepare_tfds,
 )
 from fmnist_tf.export import ExportError, export_saved_model, latest_version_path
-from fmnist_tf.model import build_model, compile_model
+from fmnist_tf.model import build_model, make_optimizer
 from fmnist_tf.training import Config, run
 
 __all__ = [
@@ -18,11 +18,11 @@ __all__ = [
     "DataError",
     "ExportError",
     "build_model",
-    "compile_model",
     "export_saved_model",
     "latest_version_path",
     "load_split",
     "load_splits",
+    "make_optimizer",
     "normalize",
     "prepare_tfds",
     "run",

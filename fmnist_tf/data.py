@@ -277,30 +277,67 @@ def _normalize_batch(images, labels):
     return normalize(images), labels
 
 
-def training_pipeline(ds, batch_size, seed):
-    """cache -> seeded shuffle (reshuffled each epoch) -> batch -> normalize -> prefetch.
+def epoch_order(num_examples, seed, epoch):
+    """The training order of one epoch: a permutation that is a pure function of (seed, epoch).
 
-    Caching the uint8 examples keeps 4x less in memory than floats; normalizing whole batches is one
-    vectorized op per step, cheaper than one per example.
+    Not a stateful ``shuffle``: a run resumed at epoch k sees exactly the batches an uninterrupted run
+    sees at epoch k, and every worker of a cluster computes the same order without talking.
     """
+    return tf.random.experimental.stateless_shuffle(
+        tf.range(num_examples, dtype=tf.int64), seed=tf.constant([seed, epoch], tf.int64)
+    )
+
+
+def epoch_batches(images, labels, batch_size, seed, epoch, num_slices=1, first_slice=0, local_slices=1):
+    """One epoch of normalized training batches from in-memory uint8 ``images`` and int64 ``labels``.
+
+    ``batch_size`` is the global batch: step s takes examples [s*batch_size, (s+1)*batch_size) of
+    ``epoch_order``. Under a strategy with ``num_slices`` replicas, each global batch is cut into equal
+    slices, one per replica, and this input pipeline yields slices ``first_slice`` ..
+    ``first_slice + local_slices - 1`` of each step in turn (its local replicas): all replicas together
+    take exactly the single-machine steps. With several replicas a final partial global batch is dropped,
+    since replicas need equal slices.
+    """
+    num_examples = int(labels.shape[0])
+    if batch_size % num_slices:
+        raise ValueError(f"batch_size {batch_size} is not divisible by the {num_slices} replicas")
+    order = epoch_order(num_examples, seed, epoch)
+    steps = num_examples // batch_size if num_slices > 1 else -(-num_examples // batch_size)
+    slice_size = batch_size // num_slices
+
+    def batch(k):
+        step, replica = k // local_slices, first_slice + k % local_slices
+        start = step * batch_size + replica * slice_size
+        index = order[start : tf.minimum(start + slice_size, num_examples)]
+        return normalize(tf.gather(images, index)), tf.gather(labels, index)
+
+    return tf.data.Dataset.range(steps * local_slices).map(batch).prefetch(tf.data.AUTOTUNE)
+
+
+def evaluation_pipeline(ds, batch_size):
+    """batch -> normalize -> cache -> prefetch, in order, no shuffle (the TFDS guide's eval pipeline)."""
     return (
-        ds.cache()
-        .shuffle(ds.cardinality() if ds.cardinality() > 0 else SPLIT_SIZES["train"], seed=seed)
-        .batch(batch_size)
+        ds.batch(batch_size)
         .map(_normalize_batch, num_parallel_calls=tf.data.AUTOTUNE)
+        .cache()
         .prefetch(tf.data.AUTOTUNE)
     )
 
 
-def evaluation_pipeline(ds, batch_size):
-    """batch -> normalize -> cache -> prefetch, in order, no shuffle."""
-    return ds.batch(batch_size).map(_normalize_batch, num_parallel_calls=tf.data.AUTOTUNE).cache().prefetch(tf.data.AUTOTUNE)
-
-
 def to_numpy(ds):
-    """All (image, label) pairs of a finite Dataset as two NumPy arrays."""
+    """All (image, label) pairs of a finite Dataset as two NumPy arrays.
+
+    Reading errors that surface only while streaming (a corrupt gzip block: DataLossError) become a
+    DataError; the message TF gives names the file.
+    """
     images, labels = [], []
-    for x, y in ds.batch(10_000).as_numpy_iterator():
-        images.append(x)
-        labels.append(y)
-    return np.concatenate(images), np.concatenate(labels)
+    try:
+        for x, y in ds.batch(10_000).as_numpy_iterator():
+            images.append(x)
+            labels.append(y)
+    except tf.errors.OpError as e:
+        raise DataError(f"reading failed: {e.message.splitlines()[0]}") from e
+    images, labels = np.concatenate(images), np.concatenate(labels)
+    if labels.size and not 0 <= labels.min() <= labels.max() < NUM_CLASSES:
+        raise DataError(f"labels out of range: found {labels.min()}..{labels.max()}, expected 0..{NUM_CLASSES - 1}")
+    return images, labels

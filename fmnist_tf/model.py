@@ -1,4 +1,4 @@
-"""The Keras models: each maps the normalized [None, 784] float32 vector to 10 class probabilities."""
+"""The Keras models and optimizers: each model maps the normalized [None, 784] vector to 10 probabilities."""
 
 import keras
 
@@ -9,7 +9,7 @@ OPTIMIZERS = ("rmsprop", "adam", "sgd")
 
 
 def build_model(name="softmax"):
-    """An uncompiled Keras model by name; "softmax" is the notebook's one Dense(10, softmax) layer."""
+    """A Keras model by name; "softmax" is the notebook's one Dense(10, softmax) layer on 784 inputs."""
     if name != "softmax":
         raise ValueError(f"unknown model {name!r}: expected one of {', '.join(MODELS)}")
     return keras.Sequential(
@@ -18,16 +18,9 @@ def build_model(name="softmax"):
     )
 
 
-def compile_model(model, optimizer="rmsprop", learning_rate=None, steps_per_execution=1, jit_compile="auto"):
-    """Compile with sparse categorical cross-entropy and accuracy; learning_rate None keeps Keras's default."""
-    if optimizer not in OPTIMIZERS:
-        raise ValueError(f"unknown optimizer {optimizer!r}: expected one of {', '.join(OPTIMIZERS)}")
+def make_optimizer(name="rmsprop", learning_rate=None):
+    """A Keras optimizer by name; learning_rate None keeps Keras's default (1e-3 for rmsprop, as compile)."""
+    if name not in OPTIMIZERS:
+        raise ValueError(f"unknown optimizer {name!r}: expected one of {', '.join(OPTIMIZERS)}")
     kwargs = {} if learning_rate is None else {"learning_rate": learning_rate}
-    model.compile(
-        optimizer=keras.optimizers.get({"class_name": optimizer, "config": kwargs}),
-        loss="sparse_categorical_crossentropy",
-        metrics=["accuracy"],
-        steps_per_execution=steps_per_execution,
-        jit_compile=jit_compile,
-    )
-    return model
+    return keras.optimizers.get({"class_name": name, "config": kwargs})

@@ -1,19 +1,30 @@
-"""Train, evaluate and export: ``run(config) -> dict of figures``. No flag parsing here."""
+"""Train, evaluate and export: ``run(config) -> dict of figures``. No flag parsing here.
+
+One training loop serves every ``tf.distribute`` strategy (default/CPU, one or several GPUs, TPU, several
+workers): a ``strategy.run`` step over a per-epoch dataset, with the Keras model and optimizer. Keras 3's
+``model.fit`` fails under MultiWorkerMirroredStrategy (keras-team/keras#20585), and this loop is also the
+faster one on CPU (BUILD_NOTES.md has the figures).
+"""
 
 import dataclasses
+import json
 import os
 import pathlib
+import shutil
+import tempfile
 import time
 
 import keras
+import numpy as np
 import tensorflow as tf
 from absl import logging
 
 from fmnist_tf import data, export
-from fmnist_tf.model import MODELS, OPTIMIZERS, build_model, compile_model
+from fmnist_tf.model import MODELS, OPTIMIZERS, build_model, make_optimizer
 
 DEFAULT_EXPORT_DIR = pathlib.Path(__file__).resolve().parent.parent / "saved_models" / data.TFDS_NAME
 WARMUP_EXAMPLES = 4
+HISTORY_KEYS = ("loss", "accuracy", "val_loss", "val_accuracy")
 
 
 @dataclasses.dataclass
@@ -21,7 +32,7 @@ class Config:
     """Everything one training run needs; ``validate()`` says what is wrong before any work starts."""
 
     epochs: int = 5
-    batch_size: int = 32
+    batch_size: int = 32  # the global batch: split across replicas, so the math is the same on any cluster
     optimizer: str = "rmsprop"
     learning_rate: float | None = None
     seed: int = 42
@@ -31,13 +42,11 @@ class Config:
     tfds_dir: str | None = None
     export_dir: str | None = str(DEFAULT_EXPORT_DIR)
     workdir: str | None = None
-    # Batches run per call into the compiled graph: the same math, far less per-step Python overhead.
-    steps_per_execution: int = 100
-    verbose: int = 2
+    verbose: bool = True
 
     def validate(self):
         """Raise ValueError naming the first bad field; check the folders the run reads and writes."""
-        for name in ("epochs", "batch_size", "steps_per_execution"):
+        for name in ("epochs", "batch_size"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
@@ -52,8 +61,15 @@ class Config:
             export.check_writable(self.export_dir)
 
 
+def _cluster_size():
+    cluster = json.loads(os.environ.get("TF_CONFIG") or "{}").get("cluster", {})
+    return sum(len(cluster.get(role, [])) for role in ("chief", "worker"))
+
+
 def choose_strategy():
-    """The tf.distribute strategy for the hardware present: TPU, then GPUs, then the default (CPU)."""
+    """The tf.distribute strategy for what is present: a TF_CONFIG cluster, a TPU, GPUs, else the CPU."""
+    if _cluster_size() > 1:
+        return tf.distribute.MultiWorkerMirroredStrategy()
     # Only look for a TPU where one is configured: the resolver otherwise queries a metadata server.
     if os.environ.get("TPU_NAME") or pathlib.Path("/dev/accel0").exists():
         resolver = tf.distribute.cluster_resolver.TPUClusterResolver(tpu=os.environ.get("TPU_NAME", ""))
@@ -76,6 +92,15 @@ def strategy_devices(strategy):
     return list(strategy.extended.worker_devices)
 
 
+def is_chief(strategy):
+    """True on the one worker that exports and writes figures (always, outside a cluster)."""
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if resolver is None or not resolver.task_type:
+        return True
+    has_chief = "chief" in resolver.cluster_spec().as_dict()
+    return resolver.task_type == "chief" or (not has_chief and resolver.task_type == "worker" and resolver.task_id == 0)
+
+
 def make_deterministic(seed):
     """Seed Python, NumPy and TF, and make TF ops deterministic: same seed, same bits."""
     keras.utils.set_random_seed(seed)
@@ -87,15 +112,136 @@ def make_datasets(config):
     return data.load_splits(config.seed, config.source, config.raw_dir, config.tfds_dir)
 
 
-def _callbacks(workdir):
-    if not workdir:
-        return []
-    workdir = pathlib.Path(workdir)
-    return [
-        # Resumes an interrupted run from its last completed epoch when started again.
-        keras.callbacks.BackupAndRestore(str(workdir / "backup")),
-        keras.callbacks.TensorBoard(str(workdir / "tensorboard")),
-    ]
+def evaluate(model, images, labels, batch_size=2_000):
+    """(mean sparse categorical cross-entropy, accuracy) of ``model`` on uint8 ``images``."""
+    loss_sum, correct = 0.0, 0
+    for start in range(0, len(labels), batch_size):
+        probabilities = model(data.normalize(images[start : start + batch_size]), training=False)
+        y = labels[start : start + batch_size]
+        loss_sum += float(tf.reduce_sum(keras.losses.sparse_categorical_crossentropy(y, probabilities)))
+        correct += int(np.sum(np.argmax(probabilities, axis=-1) == y))
+    return loss_sum / len(labels), correct / len(labels)
+
+
+def _train_epoch_fn(strategy, model, optimizer):
+    """A tf.function running one epoch from a distributed iterator; returns (loss sum, correct, count)."""
+    replicas = strategy.num_replicas_in_sync
+
+    def step(x, y):
+        with tf.GradientTape() as tape:
+            probabilities = model(x, training=True)
+            loss = tf.reduce_mean(keras.losses.sparse_categorical_crossentropy(y, probabilities))
+            # Gradients are summed across replicas, each over an equal slice of the global batch.
+            scaled = loss / replicas
+        gradients = tape.gradient(scaled, model.trainable_variables)
+        optimizer.apply_gradients(zip(gradients, model.trainable_variables))
+        count = tf.cast(tf.shape(y)[0], tf.float32)
+        correct = tf.reduce_sum(tf.cast(tf.equal(tf.argmax(probabilities, -1), y), tf.float32))
+        return tf.stack([loss * count, correct, count])
+
+    @tf.function
+    def train_epoch(iterator):
+        totals = tf.zeros([3])
+        for x, y in iterator:
+            totals += strategy.reduce(tf.distribute.ReduceOp.SUM, strategy.run(step, args=(x, y)), axis=None)
+        return totals
+
+    return train_epoch
+
+
+def _epoch_dataset_fn(images, labels, batch_size, seed, epoch, replicas):
+    def dataset_fn(context):
+        local = replicas // context.num_input_pipelines
+        return data.epoch_batches(
+            images, labels, batch_size, seed, epoch,
+            num_slices=replicas, first_slice=context.input_pipeline_id * local, local_slices=local,
+        )  # fmt: skip
+
+    return dataset_fn
+
+
+class _Checkpoints:
+    """Resume state under ``workdir``: model, optimizer, epoch (tf.train.CheckpointManager), and history.
+
+    The history JSON is written before each checkpoint, so after a kill it is never behind the
+    checkpoint; on restore it is cut to the restored epoch. Workers other than the chief write to a
+    temporary folder, removed at the end (tf.distribute's multi-worker saving pattern).
+    """
+
+    def __init__(self, workdir, model, optimizer, chief):
+        self.epoch = tf.Variable(0, dtype=tf.int64, trainable=False)
+        directory = pathlib.Path(workdir) / "checkpoints"
+        self.scratch = None if chief else tempfile.mkdtemp(prefix="fmnist-worker-")
+        self.restore_from = directory
+        save_dir = directory if chief else pathlib.Path(self.scratch)
+        self.history_path = save_dir / "history.json"
+        checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer, epoch=self.epoch)
+        self.manager = tf.train.CheckpointManager(checkpoint, str(save_dir), max_to_keep=2)
+        self.checkpoint = checkpoint
+
+    def restore(self):
+        """Restore the latest checkpoint if any; return (first epoch to run, history so far)."""
+        latest = tf.train.latest_checkpoint(str(self.restore_from))
+        if latest is None:
+            return 0, {k: [] for k in HISTORY_KEYS}
+        self.checkpoint.restore(latest).assert_existing_objects_matched()
+        start = int(self.epoch.numpy())
+        saved = json.loads((self.restore_from / "history.json").read_text())
+        return start, {k: saved[k][:start] for k in HISTORY_KEYS}
+
+    def save(self, epoch, history):
+        self.epoch.assign(epoch)
+        self.history_path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.history_path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(history))
+        os.replace(tmp, self.history_path)
+        self.manager.save()
+
+    def close(self):
+        if self.scratch:
+            shutil.rmtree(self.scratch, ignore_errors=True)
+
+
+def train(model, optimizer, train_arrays, validation_arrays, epochs, batch_size, seed, strategy,
+          workdir=None, verbose=True):  # fmt: skip
+    """Train ``model`` for ``epochs``; return the Keras-style history dict (loss, accuracy, val_*).
+
+    With ``workdir``, a run killed at any point and started again resumes after its last completed
+    epoch and ends with the same weights as an uninterrupted run.
+    """
+    images, labels = (tf.constant(a) for a in train_arrays)
+    replicas = strategy.num_replicas_in_sync
+    train_epoch = _train_epoch_fn(strategy, model, optimizer)
+    chief = is_chief(strategy)
+    checkpoints = _Checkpoints(workdir, model, optimizer, chief) if workdir else None
+    start, history = checkpoints.restore() if checkpoints else (0, {k: [] for k in HISTORY_KEYS})
+    if start and verbose:
+        print(f"Resuming from {workdir} after epoch {start}")
+    writer = tf.summary.create_file_writer(str(pathlib.Path(workdir) / "tensorboard")) if workdir and chief else None
+    steps = -(-len(train_arrays[1]) // batch_size)
+    try:
+        for epoch in range(start, epochs):
+            began = time.perf_counter()
+            dataset_fn = _epoch_dataset_fn(images, labels, batch_size, seed, epoch, replicas)
+            loss_sum, correct, count = train_epoch(iter(strategy.distribute_datasets_from_function(dataset_fn))).numpy()
+            val_loss, val_accuracy = evaluate(model, *validation_arrays)
+            figures = dict(zip(HISTORY_KEYS, (loss_sum / count, correct / count, val_loss, val_accuracy)))
+            for key, value in figures.items():
+                history[key].append(float(value))
+            if verbose:
+                print(f"Epoch {epoch + 1}/{epochs}")
+                print(f"{steps}/{steps} - {time.perf_counter() - began:.2f}s - " + " - ".join(
+                    f"{k}: {v:.4f}" for k, v in figures.items()))  # fmt: skip
+            if writer:
+                with writer.as_default(step=epoch + 1):
+                    for key, value in figures.items():
+                        tf.summary.scalar(key, value)
+            if checkpoints:
+                checkpoints.save(epoch + 1, history)
+    finally:
+        if checkpoints:
+            checkpoints.close()
+    return history
 
 
 def run(config, datasets=None, strategy=None):
@@ -109,50 +255,49 @@ def run(config, datasets=None, strategy=None):
     strategy = strategy or choose_strategy()
     devices = strategy_devices(strategy)
     logging.info("strategy %s on %s", type(strategy).__name__, devices)
-    datasets = datasets or make_datasets(config)
+    arrays = {name: data.to_numpy(ds) for name, ds in (datasets or make_datasets(config)).items()}
     # After the data: a first TFDS prepare draws random numbers, which would shift the weight init.
     make_deterministic(config.seed)
-    train = data.training_pipeline(datasets["train"], config.batch_size, config.seed)
-    validation = data.evaluation_pipeline(datasets["validation"], config.batch_size)
-    test = data.evaluation_pipeline(datasets["test"], config.batch_size)
-
     with strategy.scope():
-        model = compile_model(
-            build_model(config.model),
-            config.optimizer,
-            config.learning_rate,
-            steps_per_execution=config.steps_per_execution,
-        )
+        model = build_model(config.model)
+        optimizer = make_optimizer(config.optimizer, config.learning_rate)
+
     fit_start = time.perf_counter()
-    history = model.fit(
-        train,
-        epochs=config.epochs,
-        validation_data=validation,
-        callbacks=_callbacks(config.workdir),
-        verbose=config.verbose,
-        shuffle=False,  # the pipeline shuffles, seeded; Keras cannot shuffle a Dataset anyway
-    )
+    history = train(model, optimizer, arrays["train"], arrays["validation"], config.epochs, config.batch_size,
+                    config.seed, strategy, config.workdir, config.verbose)  # fmt: skip
     fit_seconds = time.perf_counter() - fit_start
-    val = model.evaluate(validation, verbose=0, return_dict=True)
-    tst = model.evaluate(test, verbose=0, return_dict=True)
+    val_loss, val_accuracy = evaluate(model, *arrays["validation"])
+    test_loss, test_accuracy = evaluate(model, *arrays["test"])
 
     figures = {
-        "val_accuracy": float(val["accuracy"]),
-        "val_loss": float(val["loss"]),
-        "test_accuracy": float(tst["accuracy"]),
-        "test_loss": float(tst["loss"]),
-        "history": {k: [float(v) for v in values] for k, values in history.history.items()},
+        "val_accuracy": val_accuracy,
+        "val_loss": val_loss,
+        "test_accuracy": test_accuracy,
+        "test_loss": test_loss,
+        "history": history,
         "fit_seconds": fit_seconds,
         "strategy": type(strategy).__name__,
         "replicas": strategy.num_replicas_in_sync,
-        "devices": list(devices),
+        "devices": devices,
+        "chief": is_chief(strategy),
         "config": dataclasses.asdict(config),
         "export_path": None,
     }
     if config.export_dir:
-        warmup = next(iter(datasets["test"].batch(WARMUP_EXAMPLES).take(1)))[0].numpy()
-        path = export.export_saved_model(model, config.export_dir, warmup_images=warmup)
-        export.write_model_config(pathlib.Path(config.export_dir).parent / "models.config", config.export_dir)
-        figures["export_path"] = str(path)
+        figures["export_path"] = _export(model, config.export_dir, arrays["test"][0][:WARMUP_EXAMPLES], strategy)
     figures["seconds"] = time.perf_counter() - start
     return figures
+
+
+def _export(model, export_dir, warmup_images, strategy):
+    """Export a version from the chief; other workers export to a scratch folder and delete it."""
+    if is_chief(strategy):
+        path = export.export_saved_model(model, export_dir, warmup_images=warmup_images)
+        export.write_model_config(pathlib.Path(export_dir).parent / "models.config", export_dir)
+        return str(path)
+    scratch = tempfile.mkdtemp(prefix="fmnist-worker-export-")
+    try:
+        export.export_saved_model(model, pathlib.Path(scratch) / pathlib.Path(export_dir).name)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    return None

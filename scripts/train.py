@@ -10,16 +10,15 @@ from fmnist_tf import training
 from fmnist_tf.model import MODELS, OPTIMIZERS
 
 flags.DEFINE_integer("epochs", 5, "Passes over the 48,000 training images.", lower_bound=1)
-flags.DEFINE_integer("batch_size", 32, "Examples per training step.", lower_bound=1)
+flags.DEFINE_integer("batch_size", 32, "Global batch per training step (split across replicas).", lower_bound=1)
 flags.DEFINE_enum("optimizer", "rmsprop", list(OPTIMIZERS), "Keras optimizer.")
 flags.DEFINE_float("learning_rate", None, "Optimizer learning rate; default the optimizer's own.", lower_bound=0)
-flags.DEFINE_integer("seed", 42, "Seeds the split, shuffling and weight initialisation.")
+flags.DEFINE_integer("seed", 42, "Seeds the split, the epoch order and the weight initialisation.")
 flags.DEFINE_enum("model", "softmax", list(MODELS), "Which model to train.")
 _cli.define_data_flags()
 flags.DEFINE_string("export_dir", str(training.DEFAULT_EXPORT_DIR), "Base path of the exported versions; '' skips export.")
-flags.DEFINE_string("workdir", None, "Checkpoints (resume after a crash) and TensorBoard logs.")
+flags.DEFINE_string("workdir", None, "Checkpoints (a killed run resumes from here) and TensorBoard logs.")
 flags.DEFINE_string("metrics_json", None, "Write the figures to this JSON file.")
-flags.DEFINE_integer("steps_per_execution", 100, "Training steps per compiled call.", lower_bound=1)
 FLAGS = flags.FLAGS
 
 
@@ -37,7 +36,6 @@ def main(argv):
         tfds_dir=FLAGS.tfds_dir,
         export_dir=FLAGS.export_dir or None,
         workdir=FLAGS.workdir,
-        steps_per_execution=FLAGS.steps_per_execution,
     )
     figures = training.run(config)
     print(f"strategy {figures['strategy']} on {', '.join(figures['devices'])}")
@@ -46,7 +44,7 @@ def main(argv):
     print(f"fit {figures['fit_seconds']:.1f} s, whole run {figures['seconds']:.1f} s")
     if figures["export_path"]:
         print(f"exported {figures['export_path']}")
-    if FLAGS.metrics_json:
+    if FLAGS.metrics_json and figures["chief"]:
         _cli.write_json(FLAGS.metrics_json, figures)
 
 

@@ -66,19 +66,37 @@ def test_split_is_disjoint_covering_deterministic_and_balanced():
     assert _fingerprints(data.split_train_validation(train_all, seed=7)[1])[0] != val_prints
 
 
-def test_training_pipeline_is_seeded_and_reshuffles_each_epoch():
-    ds = data.load_split("test", "idx")
-    first = data.training_pipeline(ds, batch_size=32, seed=1)
-    epoch1 = np.concatenate([y for _, y in first])
-    epoch2 = np.concatenate([y for _, y in first])
-    second = data.training_pipeline(ds, batch_size=32, seed=1)
-    again = np.concatenate([y for _, y in second])
-    x, y = next(iter(second))
-    assert x.dtype == tf.float32 and x.shape == (32, 784) and y.shape == (32,)
-    assert len(epoch1) == 10_000
-    np.testing.assert_array_equal(epoch1, again)
-    assert not np.array_equal(epoch1, epoch2)
-    assert sorted(epoch1.tolist()) == sorted(epoch2.tolist())
+def _epoch(images, labels, epoch, **kwargs):
+    batches = list(data.epoch_batches(images, labels, 32, seed=1, epoch=epoch, **kwargs))
+    return np.concatenate([x for x, _ in batches]), np.concatenate([y for _, y in batches]), batches
+
+
+def test_epoch_batches_are_a_pure_function_of_seed_and_epoch():
+    images, labels = data.to_numpy(data.load_split("test", "idx"))
+    x0, y0, batches = _epoch(images, labels, 0)
+    assert batches[0][0].dtype == tf.float32 and batches[0][0].shape == (32, 784)
+    assert len(batches) == 313 and batches[-1][1].shape == (10_000 - 312 * 32,)  # the partial batch is kept
+    again, _, _ = _epoch(images, labels, 0)
+    np.testing.assert_array_equal(x0, again)
+    x1, y1, _ = _epoch(images, labels, 1)
+    assert not np.array_equal(y0, y1) and sorted(y0) == sorted(y1) == sorted(labels)
+    # The epoch's order is a permutation of the examples, normalized the one way.
+    order = data.epoch_order(10_000, 1, 0).numpy()
+    np.testing.assert_array_equal(x0, data.normalize(images[order]).numpy())
+
+
+def test_replica_slices_partition_each_global_batch():
+    images, labels = data.to_numpy(data.load_split("test", "idx"))
+    whole_x, _, _ = _epoch(images, labels, 3)
+    slices = [_epoch(images, labels, 3, num_slices=4, first_slice=r)[2] for r in range(4)]
+    steps = 10_000 // 32
+    assert all(len(s) == steps for s in slices) and slices[0][0][0].shape == (8, 784)
+    rebuilt = np.concatenate([np.concatenate([slices[r][s][0] for r in range(4)]) for s in range(steps)])
+    np.testing.assert_array_equal(rebuilt, whole_x[: steps * 32])
+    local = _epoch(images, labels, 3, num_slices=4, first_slice=2, local_slices=2)[2]
+    np.testing.assert_array_equal(local[1][0], slices[3][0][0])
+    with pytest.raises(ValueError, match="not divisible by the 3 replicas"):
+        data.epoch_batches(images, labels, 32, 1, 0, num_slices=3)
 
 
 def test_evaluation_pipeline_keeps_order():

@@ -15,19 +15,20 @@ from google.protobuf import text_format
 from tensorflow_serving.apis import prediction_log_pb2
 from tensorflow_serving.config import model_server_config_pb2
 
-from fmnist_tf import data, export
-from fmnist_tf.model import build_model, compile_model
+from fmnist_tf import data, export, training
+from fmnist_tf.model import build_model, make_optimizer
 
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """A softmax model trained 5 epochs (the main job's setting) on the real data, exported once: (model, base path, version)."""
     tf.keras.utils.set_random_seed(0)
-    splits = data.load_splits(seed=0, source="idx")
-    model = compile_model(build_model(), steps_per_execution=100)
-    model.fit(data.training_pipeline(splits["train"], 32, seed=0), epochs=5, verbose=0, shuffle=False)
+    arrays = {name: data.to_numpy(ds) for name, ds in data.load_splits(seed=0, source="idx").items()}
+    model = build_model()
+    strategy = tf.distribute.get_strategy()
+    training.train(model, make_optimizer(), arrays["train"], arrays["validation"], 5, 32, 0, strategy, verbose=False)
     base = tmp_path_factory.mktemp("models") / "fashion_mnist"
-    test_images, test_labels = data.to_numpy(splits["test"])
+    test_images, test_labels = arrays["test"]
     version = export.export_saved_model(model, base, warmup_images=test_images[:4])
     return model, base, version, test_images, test_labels
 

@@ -12,16 +12,15 @@ def test_softmax_is_one_dense_layer_on_784_inputs():
     np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, rtol=1e-6)
 
 
-def test_compile_uses_sparse_crossentropy_accuracy_and_the_learning_rate():
-    model = model_lib.compile_model(model_lib.build_model(), "sgd", learning_rate=0.25)
-    assert model.loss == "sparse_categorical_crossentropy"
-    assert type(model.optimizer).__name__ == "SGD"
-    assert float(model.optimizer.learning_rate) == 0.25
-    assert float(model_lib.compile_model(model_lib.build_model()).optimizer.learning_rate) == pytest.approx(1e-3)
+def test_optimizer_by_name_with_keras_default_learning_rate():
+    optimizer = model_lib.make_optimizer("sgd", learning_rate=0.25)
+    assert type(optimizer).__name__ == "SGD" and float(optimizer.learning_rate) == 0.25
+    default = model_lib.make_optimizer()
+    assert type(default).__name__ == "RMSprop" and float(default.learning_rate) == pytest.approx(1e-3)
 
 
 def test_unknown_names_are_rejected():
     with pytest.raises(ValueError, match="unknown model 'resnet'"):
         model_lib.build_model("resnet")
     with pytest.raises(ValueError, match="unknown optimizer 'lbfgs'"):
-        model_lib.compile_model(model_lib.build_model(), "lbfgs")
+        model_lib.make_optimizer("lbfgs")

@@ -22,7 +22,7 @@ def test_train_twice_exports_versions_1_then_2(tmp_path):
     args = ["--epochs=1", "--source=idx", f"--export_dir={base}", f"--metrics_json={tmp_path / 'm.json'}"]
     done = run_script("train.py", *args)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert "1500/1500" in done.stdout and "val_accuracy" in done.stdout  # Keras's per-epoch line
+    assert "Epoch 1/1\n1500/1500" in done.stdout and "val_accuracy" in done.stdout  # the per-epoch line
     assert "validation: loss" in done.stdout and "test:" in done.stdout
     figures = json.loads((tmp_path / "m.json").read_text())
     for key in ("val_accuracy", "val_loss", "test_accuracy", "test_loss", "history", "export_path", "fit_seconds", "seconds"):

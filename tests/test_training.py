@@ -9,7 +9,7 @@ from fmnist_tf import data, export, training
 
 def _config(tmp_path, **overrides):
     return dataclasses.replace(
-        training.Config(epochs=1, source="idx", export_dir=str(tmp_path / "fashion_mnist"), verbose=0), **overrides
+        training.Config(epochs=1, source="idx", export_dir=str(tmp_path / "fashion_mnist"), verbose=False), **overrides
     )
 
 
