@@ -123,31 +123,48 @@ def read_idx_header(path, kind):
     return count
 
 
-def _check_split_files(raw_dir, split):
+def registered_checksums():
+    """File name -> SHA-256 that TFDS registers for fashion_mnist: one source of truth for both sources."""
+    import tensorflow_datasets as tfds
+
+    return {info.filename: info.checksum for info in tfds.builder_cls(TFDS_NAME).url_infos.values()}
+
+
+def verify_checksum(path, expected=None):
+    """DataError unless ``path``'s SHA-256 equals the one TFDS registers for its file name."""
+    path = pathlib.Path(path)
+    expected = expected or registered_checksums()[path.name]
+    found = hashlib.sha256(path.read_bytes()).hexdigest()
+    if found != expected:
+        raise DataError(
+            f"{path}: SHA-256 {found[:16]}... differs from the checksum TFDS registers for {TFDS_NAME} "
+            f"({expected[:16]}...): the file is corrupt or not the original: {_fix_hint(path.parent)}"
+        )
+
+
+def _check_labels(path):
+    labels = np.frombuffer(gzip.open(path).read()[_LABELS_HEADER_BYTES:], np.uint8)
+    if labels.size and labels.max() >= NUM_CLASSES:
+        bad = int(np.argmax(labels >= NUM_CLASSES))
+        raise DataError(f"{path}: label {labels[bad]} at index {bad} is out of range 0..{NUM_CLASSES - 1}")
+
+
+def check_split_files(raw_dir, split):
+    """Validate ``split``'s two files (presence, IDX headers, counts, label range, checksum); return paths.
+
+    Cheap, specific checks first so the message says what is wrong; the checksum last catches the rest.
+    """
     images_path, labels_path = raw_file_paths(raw_dir, split)
-    n_images = read_idx_header(images_path, "images")
-    n_labels = read_idx_header(labels_path, "labels")
     expected = SPLIT_SIZES[split]
-    for path, n in ((images_path, n_images), (labels_path, n_labels)):
-        if n != expected:
-            raise DataError(f"{path}: holds {n} items, expected {expected} for the {split} split")
+    for path, kind in ((images_path, "images"), (labels_path, "labels")):
+        count = read_idx_header(path, kind)
+        if count != expected:
+            raise DataError(f"{path}: holds {count} items, expected {expected} for the {split} split")
+    _check_labels(labels_path)
+    checksums = registered_checksums()
+    for path in (images_path, labels_path):
+        verify_checksum(path, checksums[path.name])
     return images_path, labels_path
-
-
-def verify_checksums(raw_dir):
-    """Check every file listed in ``raw_dir``/SHA256SUMS; DataError naming the first that differs."""
-    raw_dir = pathlib.Path(raw_dir)
-    sums = raw_dir / "SHA256SUMS"
-    if not sums.is_file():
-        raise DataError(f"{sums}: file missing: {_fix_hint(raw_dir)}")
-    for line in sums.read_text().splitlines():
-        digest, name = line.split()
-        path = raw_dir / name
-        if not path.is_file():
-            raise DataError(f"{path}: file missing: {_fix_hint(raw_dir)}")
-        found = hashlib.sha256(path.read_bytes()).hexdigest()
-        if found != digest:
-            raise DataError(f"{path}: SHA-256 {found}, expected {digest}: {_fix_hint(raw_dir)}")
 
 
 def tfds_order(split, count):
@@ -176,7 +193,7 @@ def to_file_order(split, *arrays):
 
 
 def _idx_dataset(raw_dir, split):
-    images_path, labels_path = _check_split_files(raw_dir, split)
+    images_path, labels_path = check_split_files(raw_dir, split)
     count = SPLIT_SIZES[split]
     # One record per example, read as a single batch so decoding is one vectorized op.
     images = tf.data.FixedLengthRecordDataset(
@@ -213,7 +230,7 @@ def prepare_tfds(raw_dir=DEFAULT_RAW_DIR, tfds_dir=None):
     if builder.is_prepared():
         return builder
     for split in RAW_FILES:
-        _check_split_files(raw_dir, split)
+        check_split_files(raw_dir, split)
     config = tfds.download.DownloadConfig(manual_dir=str(raw_dir))
     try:
         builder.download_and_prepare(download_config=config)
@@ -273,6 +290,22 @@ def load_splits(seed, source="tfds", raw_dir=DEFAULT_RAW_DIR, tfds_dir=None):
     return {"train": train, "validation": validation, "test": load_split("test", source, raw_dir, tfds_dir)}
 
 
+def load_arrays(split, source="tfds", raw_dir=DEFAULT_RAW_DIR, tfds_dir=None):
+    """``split`` as NumPy (uint8 images [n, 28, 28], int64 labels [n]), canonical order."""
+    return to_numpy(load_split(split, source, raw_dir, tfds_dir))
+
+
+def load_split_arrays(seed, source="tfds", raw_dir=DEFAULT_RAW_DIR, tfds_dir=None):
+    """``load_splits`` in memory: {"train", "validation", "test"} -> (images, labels) NumPy arrays."""
+    images, labels = load_arrays("train", source, raw_dir, tfds_dir)
+    mask = validation_mask(seed, len(labels))
+    return {
+        "train": (images[~mask], labels[~mask]),
+        "validation": (images[mask], labels[mask]),
+        "test": load_arrays("test", source, raw_dir, tfds_dir),
+    }
+
+
 def _normalize_batch(images, labels):
     return normalize(images), labels
 
@@ -327,8 +360,8 @@ def evaluation_pipeline(ds, batch_size):
 def to_numpy(ds):
     """All (image, label) pairs of a finite Dataset as two NumPy arrays.
 
-    Reading errors that surface only while streaming (a corrupt gzip block: DataLossError) become a
-    DataError; the message TF gives names the file.
+    A reading error that surfaces only while streaming (a TFDS cache damaged after it was prepared)
+    becomes a DataError.
     """
     images, labels = [], []
     try:
@@ -336,8 +369,5 @@ def to_numpy(ds):
             images.append(x)
             labels.append(y)
     except tf.errors.OpError as e:
-        raise DataError(f"reading failed: {e.message.splitlines()[0]}") from e
-    images, labels = np.concatenate(images), np.concatenate(labels)
-    if labels.size and not 0 <= labels.min() <= labels.max() < NUM_CLASSES:
-        raise DataError(f"labels out of range: found {labels.min()}..{labels.max()}, expected 0..{NUM_CLASSES - 1}")
-    return images, labels
+        raise DataError(f"reading the data failed: {e.message.strip().splitlines()[0]}") from e
+    return np.concatenate(images), np.concatenate(labels)

@@ -40,10 +40,8 @@ def _outputs(probabilities):
 
 
 def _decode_png(png):
-    image = tf.io.decode_png(png, channels=0)
-    tf.debugging.assert_equal(
-        tf.shape(image), tf.constant([*IMAGE_SHAPE, 1]), message="png_bytes must be 28x28 grayscale PNGs"
-    )
+    # channels=0 keeps the PNG's own channels, so a colour image is refused rather than silently converted.
+    image = tf.ensure_shape(tf.io.decode_png(png, channels=0), [*IMAGE_SHAPE, 1], name="png_must_be_28x28_grayscale")
     return tf.reshape(image, IMAGE_SHAPE)
 
 
@@ -52,10 +50,13 @@ def serving_functions(model):
 
     @tf.function(input_signature=[tf.TensorSpec([None, *IMAGE_SHAPE], tf.uint8, name="images")])
     def serve_images(images):
+        # ensure_shape: a bad request fails here with the expected shape in the message, not deep inside.
+        images = tf.ensure_shape(images, [None, *IMAGE_SHAPE], name="images_must_be_batch_x_28_x_28")
         return _outputs(model(normalize(images), training=False))
 
     @tf.function(input_signature=[tf.TensorSpec([None, NUM_PIXELS], tf.float32, name="pixels")])
     def serve_normalized(pixels):
+        pixels = tf.ensure_shape(pixels, [None, NUM_PIXELS], name="pixels_must_be_batch_x_784")
         return _outputs(model(pixels, training=False))
 
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="png_bytes")])
@@ -135,6 +136,23 @@ def _write_saved_model(model, path):
     archive.write_out(str(path), verbose=False)
 
 
+def _tmp_owner_alive(tmp):
+    try:
+        os.kill(int(tmp.name[len(TMP_PREFIX) :].split("-")[0]), 0)
+    except (ValueError, ProcessLookupError):
+        return False
+    except PermissionError:  # alive, another user's process
+        pass
+    return True
+
+
+def remove_stale_tmp(base_path):
+    """Delete temporary export folders left by processes that died mid-export; keep live ones."""
+    for tmp in pathlib.Path(base_path).glob(TMP_PREFIX + "*"):
+        if not _tmp_owner_alive(tmp):
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
 def export_saved_model(model, base_path, warmup_images=None, model_name=None):
     """Export ``model`` as the next version under ``base_path``; return the new version folder.
 
@@ -143,7 +161,9 @@ def export_saved_model(model, base_path, warmup_images=None, model_name=None):
     """
     base_path = check_writable(base_path)
     model_name = model_name or base_path.name
-    tmp = pathlib.Path(tempfile.mkdtemp(prefix=TMP_PREFIX, dir=base_path))
+    remove_stale_tmp(base_path)
+    # The pid in the name lets a later export tell a dead export's leftovers from a live one's.
+    tmp = pathlib.Path(tempfile.mkdtemp(prefix=f"{TMP_PREFIX}{os.getpid()}-", dir=base_path))
     try:
         _write_saved_model(model, tmp)
         if warmup_images is not None:

@@ -107,11 +107,6 @@ def make_deterministic(seed):
     tf.config.experimental.enable_op_determinism()
 
 
-def make_datasets(config):
-    """Raw (image, label) Datasets for train/validation/test from the configured source."""
-    return data.load_splits(config.seed, config.source, config.raw_dir, config.tfds_dir)
-
-
 def evaluate(model, images, labels, batch_size=2_000):
     """(mean sparse categorical cross-entropy, accuracy) of ``model`` on uint8 ``images``."""
     loss_sum, correct = 0.0, 0
@@ -124,7 +119,11 @@ def evaluate(model, images, labels, batch_size=2_000):
 
 
 def _train_epoch_fn(strategy, model, optimizer):
-    """A tf.function running one epoch from a distributed iterator; returns (loss sum, correct, count)."""
+    """A tf.function running one epoch from a distributed iterator.
+
+    Returns the global (loss sum, correct, count) and the count of examples this worker's own replicas
+    trained on: the evidence that workers take disjoint shares.
+    """
     replicas = strategy.num_replicas_in_sync
 
     def step(x, y):
@@ -141,16 +140,19 @@ def _train_epoch_fn(strategy, model, optimizer):
 
     @tf.function
     def train_epoch(iterator):
-        totals = tf.zeros([3])
+        totals, local = tf.zeros([3]), tf.constant(0.0)
         for x, y in iterator:
-            totals += strategy.reduce(tf.distribute.ReduceOp.SUM, strategy.run(step, args=(x, y)), axis=None)
-        return totals
+            per_replica = strategy.run(step, args=(x, y))
+            totals += strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None)
+            local += tf.add_n([r[2] for r in strategy.experimental_local_results(per_replica)])
+        return totals, local
 
     return train_epoch
 
 
-def _epoch_dataset_fn(images, labels, batch_size, seed, epoch, replicas):
+def _epoch_dataset_fn(images, labels, batch_size, seed, epoch, replicas, shard):
     def dataset_fn(context):
+        shard.update(input_pipeline=context.input_pipeline_id, input_pipelines=context.num_input_pipelines)
         local = replicas // context.num_input_pipelines
         return data.epoch_batches(
             images, labels, batch_size, seed, epoch,
@@ -204,7 +206,7 @@ class _Checkpoints:
 
 def train(model, optimizer, train_arrays, validation_arrays, epochs, batch_size, seed, strategy,
           workdir=None, verbose=True):  # fmt: skip
-    """Train ``model`` for ``epochs``; return the Keras-style history dict (loss, accuracy, val_*).
+    """Train ``model`` for ``epochs``; return (Keras-style history dict, this worker's shard figures).
 
     With ``workdir``, a run killed at any point and started again resumes after its last completed
     epoch and ends with the same weights as an uninterrupted run.
@@ -219,11 +221,14 @@ def train(model, optimizer, train_arrays, validation_arrays, epochs, batch_size,
         print(f"Resuming from {workdir} after epoch {start}")
     writer = tf.summary.create_file_writer(str(pathlib.Path(workdir) / "tensorboard")) if workdir and chief else None
     steps = -(-len(train_arrays[1]) // batch_size)
+    shard = {"examples": 0}
     try:
         for epoch in range(start, epochs):
             began = time.perf_counter()
-            dataset_fn = _epoch_dataset_fn(images, labels, batch_size, seed, epoch, replicas)
-            loss_sum, correct, count = train_epoch(iter(strategy.distribute_datasets_from_function(dataset_fn))).numpy()
+            dataset_fn = _epoch_dataset_fn(images, labels, batch_size, seed, epoch, replicas, shard)
+            totals, local = train_epoch(iter(strategy.distribute_datasets_from_function(dataset_fn)))
+            loss_sum, correct, count = totals.numpy()
+            shard["examples"] += int(local)
             val_loss, val_accuracy = evaluate(model, *validation_arrays)
             figures = dict(zip(HISTORY_KEYS, (loss_sum / count, correct / count, val_loss, val_accuracy)))
             for key, value in figures.items():
@@ -241,7 +246,7 @@ def train(model, optimizer, train_arrays, validation_arrays, epochs, batch_size,
     finally:
         if checkpoints:
             checkpoints.close()
-    return history
+    return history, shard
 
 
 def run(config, datasets=None, strategy=None):
@@ -255,7 +260,10 @@ def run(config, datasets=None, strategy=None):
     strategy = strategy or choose_strategy()
     devices = strategy_devices(strategy)
     logging.info("strategy %s on %s", type(strategy).__name__, devices)
-    arrays = {name: data.to_numpy(ds) for name, ds in (datasets or make_datasets(config)).items()}
+    if datasets is None:
+        arrays = data.load_split_arrays(config.seed, config.source, config.raw_dir, config.tfds_dir)
+    else:
+        arrays = {name: data.to_numpy(ds) for name, ds in datasets.items()}
     # After the data: a first TFDS prepare draws random numbers, which would shift the weight init.
     make_deterministic(config.seed)
     with strategy.scope():
@@ -263,7 +271,7 @@ def run(config, datasets=None, strategy=None):
         optimizer = make_optimizer(config.optimizer, config.learning_rate)
 
     fit_start = time.perf_counter()
-    history = train(model, optimizer, arrays["train"], arrays["validation"], config.epochs, config.batch_size,
+    history, shard = train(model, optimizer, arrays["train"], arrays["validation"], config.epochs, config.batch_size,
                     config.seed, strategy, config.workdir, config.verbose)  # fmt: skip
     fit_seconds = time.perf_counter() - fit_start
     val_loss, val_accuracy = evaluate(model, *arrays["validation"])
@@ -280,6 +288,7 @@ def run(config, datasets=None, strategy=None):
         "replicas": strategy.num_replicas_in_sync,
         "devices": devices,
         "chief": is_chief(strategy),
+        "shard": shard,
         "config": dataclasses.asdict(config),
         "export_path": None,
     }

@@ -39,6 +39,10 @@ def main(argv):
     )
     figures = training.run(config)
     print(f"strategy {figures['strategy']} on {', '.join(figures['devices'])}")
+    shard = figures["shard"]
+    if shard.get("input_pipelines", 1) > 1:
+        print(f"input pipeline {shard['input_pipeline']} of {shard['input_pipelines']}: "
+              f"this worker trained on {shard['examples']} examples")  # fmt: skip
     print(f"validation: loss {figures['val_loss']:.4f}  accuracy {figures['val_accuracy']:.4f}")
     print(f"test:       loss {figures['test_loss']:.4f}  accuracy {figures['test_accuracy']:.4f}")
     print(f"fit {figures['fit_seconds']:.1f} s, whole run {figures['seconds']:.1f} s")

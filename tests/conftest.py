@@ -2,6 +2,7 @@
 
 import gzip
 import os
+import re
 import shutil
 import struct
 import sys
@@ -44,16 +45,23 @@ def parse_idx(path):
     return np.frombuffer(raw[4 + 4 * ndim :], np.uint8).reshape(dims)
 
 
+def script_command(name, *args):
+    return [sys.executable, str(REPO / "scripts" / name), *args]
+
+
 def run_script(name, *args, timeout=600):
     """Run scripts/<name> as a user would; return the CompletedProcess."""
     import subprocess
 
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
     return subprocess.run(
-        [sys.executable, str(REPO / "scripts" / name), *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env=env,
-        cwd=REPO,
+        script_command(name, *args), capture_output=True, text=True, timeout=timeout, cwd=REPO
     )
+
+
+# TensorFlow 2.21's C++ runtime logs at import, before any of our code runs, whatever TF_CPP_MIN_LOG_LEVEL says.
+_TF_RUNTIME_LOG = re.compile(r"^([IWEF]\d{4} |WARNING: All log messages before absl::InitializeLog)")
+
+
+def error_lines(done):
+    """The lines a script wrote to stderr, without TensorFlow's own start-up log lines."""
+    return [line for line in done.stderr.splitlines() if line.strip() and not _TF_RUNTIME_LOG.match(line)]

@@ -9,8 +9,11 @@ from conftest import parse_idx, write_idx
 from fmnist_tf import data
 
 
-def test_shipped_files_match_sha256sums():
-    data.verify_checksums(data.DEFAULT_RAW_DIR)
+def test_shipped_files_are_the_ones_tfds_registers():
+    sums = dict(reversed(line.split()) for line in (data.DEFAULT_RAW_DIR / "SHA256SUMS").read_text().splitlines())
+    assert sums == data.registered_checksums()
+    for split in data.RAW_FILES:
+        data.check_split_files(data.DEFAULT_RAW_DIR, split)
     assert (data.DEFAULT_RAW_DIR / "LICENSE").read_text().startswith("The MIT License")
 
 
@@ -48,6 +51,13 @@ def test_normalize_maps_uint8_to_unit_float_flattened():
 def _fingerprints(ds):
     images, labels = data.to_numpy(ds)
     return [hashlib.sha1(image.tobytes()).hexdigest() for image in images], labels
+
+
+def test_in_memory_split_equals_the_streamed_split():
+    arrays = data.load_split_arrays(seed=3, source="idx")
+    for name, ds in data.load_splits(seed=3, source="idx").items():
+        for got, expected in zip(arrays[name], data.to_numpy(ds)):
+            np.testing.assert_array_equal(got, expected)
 
 
 def test_split_is_disjoint_covering_deterministic_and_balanced():
@@ -144,10 +154,9 @@ def test_corrupted_copy_fails_tfds_checksum_and_our_check(raw_copy, tmp_path):
     labels[0] = (labels[0] + 1) % 10
     with gzip.open(path, "wb") as f:
         f.write(b"\x00\x00\x08\x01" + (10_000).to_bytes(4, "big") + labels.tobytes())
-    with pytest.raises(data.DataError, match="t10k-labels-idx1-ubyte.gz: SHA-256"):
-        data.verify_checksums(raw_copy)
-    with pytest.raises(data.DataError, match="checksum differs from the one TFDS registers"):
-        data.prepare_tfds(raw_copy, str(tmp_path / "tfds"))
+    for source in data.SOURCES:
+        with pytest.raises(data.DataError, match="t10k-labels-idx1-ubyte.gz: SHA-256 .* differs from the checksum TFDS"):
+            data.load_split("test", source, raw_dir=raw_copy, tfds_dir=str(tmp_path / "tfds"))
 
 
 def test_unknown_source_and_split_are_rejected():

@@ -4,6 +4,7 @@ import base64
 import hashlib
 import json
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -218,3 +219,42 @@ def test_other_tf_code_loads_it_without_the_package(trained, tmp_path):
     by_signature, by_layer = map(float, done.stdout.split())
     assert len(labels) == 10_000
     assert by_signature >= 0.83 and by_layer == by_signature
+
+
+def _png(shape):
+    return tf.io.encode_png(tf.zeros(shape, tf.uint8)).numpy()
+
+
+@pytest.mark.parametrize(
+    "signature, inputs, expected",
+    [
+        ("serving_default", {"images": tf.zeros([2, 28, 28], tf.float32)}, "expected to be a uint8 tensor"),
+        ("serving_default", {"images": tf.zeros([28, 28], tf.uint8)}, "images_must_be_batch_x_28_x_28"),
+        ("serving_default", {"images": tf.zeros([1, 32, 32], tf.uint8)}, "images_must_be_batch_x_28_x_28"),
+        ("serving_normalized", {"pixels": tf.zeros([1, 783])}, "pixels_must_be_batch_x_784"),
+        ("serving_png", {"png_bytes": tf.constant([b"not a png"])}, "Unknown image file format"),
+        ("serving_png", {"png_bytes": tf.constant([_png([32, 32, 1])])}, "png_must_be_28x28_grayscale"),
+        ("serving_png", {"png_bytes": tf.constant([_png([28, 28, 3])])}, "png_must_be_28x28_grayscale"),
+    ],
+)
+def test_bad_requests_fail_clearly_and_the_model_keeps_serving(trained, signature, inputs, expected):
+    _, _, version, images, _ = trained
+    signatures = tf.saved_model.load(str(version)).signatures
+    with pytest.raises(tf.errors.InvalidArgumentError, match=re.escape(expected)):
+        signatures[signature](**inputs)
+    out = signatures["serving_default"](images=tf.constant(images[:3]))
+    assert out["probabilities"].shape == (3, 10)
+
+
+@pytest.mark.parametrize(
+    "signature, inputs",
+    [
+        ("serving_default", {"images": tf.zeros([0, 28, 28], tf.uint8)}),
+        ("serving_normalized", {"pixels": tf.zeros([0, 784])}),
+        ("serving_png", {"png_bytes": tf.zeros([0], tf.string)}),
+    ],
+)
+def test_an_empty_batch_gets_empty_outputs(trained, signature, inputs):
+    _, _, version, _, _ = trained
+    out = tf.saved_model.load(str(version)).signatures[signature](**inputs)
+    assert out["probabilities"].shape == (0, 10) and out["class_id"].shape == (0,) and out["class_name"].shape == (0,)

@@ -1,20 +1,11 @@
 """The scripts run as a user runs them, on the shipped data."""
 
 import json
-import re
 
 import matplotlib.image
 import pytest
 
-from conftest import run_script
-
-
-# TensorFlow 2.21's C++ runtime logs at import, before any of our code runs, whatever TF_CPP_MIN_LOG_LEVEL says.
-_TF_RUNTIME_LOG = re.compile(r"^([IWEF]\d{4} |WARNING: All log messages before absl::InitializeLog)")
-
-
-def _error_lines(done):
-    return [line for line in done.stderr.splitlines() if line.strip() and not _TF_RUNTIME_LOG.match(line)]
+from conftest import error_lines, run_script
 
 
 def test_train_twice_exports_versions_1_then_2(tmp_path):
@@ -47,12 +38,15 @@ def test_train_twice_exports_versions_1_then_2(tmp_path):
         ("--source=csv", "source"),
         ("--raw_dir=/nonexistent", "/nonexistent"),
         ("--export_dir=/proc/fashion_mnist", "/proc/fashion_mnist"),
+        ("--learning_rate=-1", "learning_rate"),
+        ("--seed=abc", "seed"),
+        ("--optimizer=lbfgs", "optimizer"),
     ],
 )
 def test_bad_flags_stop_with_one_line(tmp_path, flag, message):
     done = run_script("train.py", f"--export_dir={tmp_path / 'm'}", flag)
     assert done.returncode != 0
-    lines = _error_lines(done)
+    lines = error_lines(done)
     assert len(lines) == 1 and lines[0].startswith("error:") and message in lines[0], done.stderr
     assert "Epoch" not in done.stdout
     assert not (tmp_path / "m").exists() or not any((tmp_path / "m").iterdir())

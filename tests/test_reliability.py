@@ -1,0 +1,224 @@
+"""Faults a user meets: a killed run, a killed or racing export, damaged data files, a half-made TFDS cache.
+
+Each test runs the real code, most of them as real processes that are really killed.
+"""
+
+import json
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from conftest import REPO, error_lines, run_script, script_command, write_idx
+from fmnist_tf import data, export, training
+
+
+def _wait_for(predicate, proc, timeout=120):
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert proc.poll() is None, "the process ended before the moment to kill it"
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.02)
+
+
+def _variables(version_dir):
+    return [v.numpy() for v in tf.saved_model.load(str(version_dir)).variables]
+
+
+def test_training_killed_mid_epoch_resumes_to_the_same_weights_and_metrics(tmp_path):
+    # batch 8: 6,000 steps an epoch, about a second, so the kill lands inside an epoch.
+    common = ["--epochs=4", "--batch_size=8", "--source=idx"]
+    workdir = tmp_path / "work"
+    args = [*common, f"--workdir={workdir}", f"--export_dir={tmp_path / 'a'}", f"--metrics_json={tmp_path / 'a.json'}"]
+    history = workdir / "checkpoints" / "history.json"
+    proc = subprocess.Popen(script_command("train.py", *args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=REPO)
+    _wait_for(lambda: history.exists() and len(json.loads(history.read_text())["loss"]) >= 1, proc)
+    time.sleep(0.4)
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate()
+    assert proc.returncode == -signal.SIGKILL
+    assert export.versions(tmp_path / "a") == []
+
+    resumed = run_script("train.py", *args)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    completed = int(resumed.stdout.split("after epoch ")[1].split()[0])
+    assert 1 <= completed < 4
+    assert resumed.stdout.count("Epoch ") == 4 - completed
+
+    straight = run_script(
+        "train.py", *common, f"--export_dir={tmp_path / 'b'}", f"--metrics_json={tmp_path / 'b.json'}"
+    )
+    assert straight.returncode == 0, straight.stderr[-3000:]
+    a, b = (json.loads((tmp_path / f"{n}.json").read_text()) for n in "ab")
+    for key in ("val_accuracy", "val_loss", "test_accuracy", "test_loss", "history"):
+        assert a[key] == b[key], key
+    for x, y in zip(_variables(tmp_path / "a" / "1"), _variables(tmp_path / "b" / "1")):
+        np.testing.assert_array_equal(x, y)
+
+
+EXPORT_AND_DIE = textwrap.dedent(
+    """
+    import os, signal, sys
+    import numpy as np
+    from fmnist_tf import export, model
+    export._write_warmup = lambda *args: os.kill(os.getpid(), signal.SIGKILL)
+    export.export_saved_model(model.build_model(), sys.argv[1], warmup_images=np.zeros((1, 28, 28), np.uint8))
+    """
+)
+
+EXPORT_THREE = textwrap.dedent(
+    """
+    import sys
+    from fmnist_tf import export, model
+    m = model.build_model()
+    print(" ".join(str(export.export_saved_model(m, sys.argv[1])) for _ in range(3)))
+    """
+)
+
+
+def _digest(path):
+    return {p.relative_to(path): p.read_bytes() for p in sorted(path.rglob("*")) if p.is_file()}
+
+
+def test_export_killed_midway_leaves_no_version_and_the_next_export_cleans_up(tmp_path):
+    from fmnist_tf.model import build_model
+
+    base = tmp_path / "fashion_mnist"
+    first = export.export_saved_model(build_model(), base)
+    before = _digest(first)
+    died = subprocess.run([sys.executable, "-c", EXPORT_AND_DIE, str(base)], capture_output=True, cwd=tmp_path)
+    assert died.returncode == -signal.SIGKILL
+    leftovers = [p.name for p in base.iterdir() if p.name != "1"]
+    assert len(leftovers) == 1 and leftovers[0].startswith(export.TMP_PREFIX)  # a SavedModel half written
+    assert export.versions(base) == [1] and export.latest_version_path(base) == first
+    assert _digest(first) == before
+    second = export.export_saved_model(build_model(), base)
+    assert second == base / "2" and sorted(p.name for p in base.iterdir()) == ["1", "2"]
+
+
+def test_concurrent_exports_get_distinct_complete_versions(tmp_path):
+    base = tmp_path / "fashion_mnist"
+    procs = [
+        subprocess.Popen([sys.executable, "-c", EXPORT_THREE, str(base)], stdout=subprocess.PIPE, text=True)
+        for _ in range(2)
+    ]
+    paths = [p for proc in procs for p in proc.communicate(timeout=300)[0].split()]
+    assert all(proc.returncode == 0 for proc in procs)
+    assert sorted(paths) == sorted(str(base / str(v)) for v in range(1, 7))
+    assert export.versions(base) == [1, 2, 3, 4, 5, 6]
+    for version in export.versions(base):
+        assert (base / str(version) / "saved_model.pb").is_file()
+        assert (base / str(version) / "variables" / "variables.index").is_file()
+
+
+def _truncate(raw):
+    path = raw / "t10k-images-idx3-ubyte.gz"
+    path.write_bytes(path.read_bytes()[:100_000])
+    return path.name, "truncated or corrupt"
+
+
+def _corrupt(raw):
+    path = raw / "t10k-images-idx3-ubyte.gz"
+    blob = bytearray(path.read_bytes())
+    blob[2_000_000:2_000_100] = bytes(b ^ 0xFF for b in blob[2_000_000:2_000_100])
+    path.write_bytes(bytes(blob))
+    return path.name, "differs from the checksum TFDS registers"
+
+
+def _wrong_magic(raw):
+    write_idx(raw / "t10k-images-idx3-ubyte.gz", 0x00000801, (10_000, 28, 28), bytes(10_000 * 784))
+    return "t10k-images-idx3-ubyte.gz", "magic number 0x00000801, expected 0x00000803"
+
+
+def _wrong_count(raw):
+    write_idx(raw / "t10k-labels-idx1-ubyte.gz", 0x00000801, (9_000,), bytes(9_000))
+    return "t10k-labels-idx1-ubyte.gz", "holds 9000 items, expected 10000"
+
+
+def _images_32(raw):
+    write_idx(raw / "t10k-images-idx3-ubyte.gz", 0x00000803, (10_000, 32, 32), bytes(10_000 * 32 * 32))
+    return "t10k-images-idx3-ubyte.gz", "images are 32x32, expected 28x28"
+
+
+def _missing(raw):
+    (raw / "train-images-idx3-ubyte.gz").unlink()
+    return "train-images-idx3-ubyte.gz", "file missing"
+
+
+def _label_out_of_range(raw):
+    labels = np.zeros(10_000, np.uint8)
+    labels[17] = 12
+    write_idx(raw / "t10k-labels-idx1-ubyte.gz", 0x00000801, (10_000,), labels.tobytes())
+    return "t10k-labels-idx1-ubyte.gz", "label 12 at index 17 is out of range 0..9"
+
+
+DAMAGES = [_truncate, _corrupt, _wrong_magic, _wrong_count, _images_32, _missing, _label_out_of_range]
+
+
+@pytest.mark.parametrize("source", data.SOURCES)
+@pytest.mark.parametrize("damage", DAMAGES)
+def test_bad_data_files_are_named_and_nothing_is_exported(raw_copy, tmp_path, source, damage):
+    name, problem = damage(raw_copy)
+    base = tmp_path / "models" / "fashion_mnist"
+    config = training.Config(
+        epochs=1, source=source, raw_dir=str(raw_copy), tfds_dir=str(tmp_path / "tfds"), export_dir=str(base)
+    )
+    with pytest.raises(data.DataError) as error:
+        training.run(config)
+    message = str(error.value)
+    assert "\n" not in message and name in message and problem in message, message
+    assert export.versions(base) == []
+
+
+@pytest.mark.parametrize("source", data.SOURCES)
+def test_a_bad_data_file_stops_the_script_with_one_line(raw_copy, tmp_path, source):
+    name, problem = _corrupt(raw_copy)
+    done = run_script(
+        "train.py", "--epochs=1", f"--source={source}", f"--raw_dir={raw_copy}",
+        f"--tfds_dir={tmp_path / 'tfds'}", f"--export_dir={tmp_path / 'models' / 'fashion_mnist'}",
+    )  # fmt: skip
+    assert done.returncode != 0
+    (line,) = error_lines(done)
+    assert line.startswith("error: ") and name in line and problem in line, line
+    assert "Traceback" not in done.stderr
+    assert not (tmp_path / "models" / "fashion_mnist").exists() or export.versions(tmp_path / "models" / "fashion_mnist") == []
+
+
+def test_traceback_only_on_request(raw_copy, tmp_path):
+    _missing(raw_copy)
+    done = run_script("train.py", f"--raw_dir={raw_copy}", "--source=idx", "--verbosity=1", "--export_dir=")
+    assert done.returncode != 0 and "Traceback" in done.stderr and "DataError" in done.stderr
+
+
+PREPARE = "import sys; from fmnist_tf import data; data.prepare_tfds(data.DEFAULT_RAW_DIR, sys.argv[1])"
+
+
+def test_interrupted_tfds_prepare_does_not_break_the_next_run(tmp_path):
+    tfds_dir = tmp_path / "tfds"
+    proc = subprocess.Popen([sys.executable, "-c", PREPARE, str(tfds_dir)], stderr=subprocess.DEVNULL, cwd=tmp_path)
+    # Kill while TFDS writes examples into its incomplete.* folder.
+    _wait_for(lambda: any((tfds_dir / "fashion_mnist").glob("incomplete.*/*train*")), proc)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    builder = data.prepare_tfds(data.DEFAULT_RAW_DIR, str(tfds_dir))
+    assert builder.info.splits["test"].num_examples == 10_000
+    got = data.load_arrays("test", "tfds", tfds_dir=str(tfds_dir))
+    expected = data.load_arrays("test", "idx")
+    for a, b in zip(got, expected):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_nothing_uses_pickle():
+    sources = [*pathlib.Path(REPO, "fmnist_tf").glob("*.py"), *pathlib.Path(REPO, "scripts").glob("*.py")]
+    for path in sources:
+        text = path.read_text()
+        for word in ("pickle", "joblib.dump", "joblib.load", "allow_pickle", "np.load(", "dill"):
+            assert word not in text, f"{path} uses {word}"
+    assert len(sources) >= 8
