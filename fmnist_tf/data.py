@@ -322,29 +322,40 @@ def epoch_order(num_examples, seed, epoch):
 
 
 def epoch_batches(images, labels, batch_size, seed, epoch, num_slices=1, first_slice=0, local_slices=1):
-    """One epoch of normalized training batches from in-memory uint8 ``images`` and int64 ``labels``.
+    """One epoch of normalized training batches for replicas, from in-memory uint8 images, int64 labels.
 
     ``batch_size`` is the global batch: step s takes examples [s*batch_size, (s+1)*batch_size) of
-    ``epoch_order``. Under a strategy with ``num_slices`` replicas, each global batch is cut into equal
-    slices, one per replica, and this input pipeline yields slices ``first_slice`` ..
-    ``first_slice + local_slices - 1`` of each step in turn (its local replicas): all replicas together
-    take exactly the single-machine steps. With several replicas a final partial global batch is dropped,
-    since replicas need equal slices.
+    ``epoch_order``. Each global batch is cut into ``num_slices`` equal slices, one per replica, and this
+    input pipeline yields slices ``first_slice`` .. ``first_slice + local_slices - 1`` of each step in
+    turn (its local replicas): all replicas together take exactly the single-machine steps. A final
+    partial global batch is dropped, since replicas need equal, statically shaped slices.
     """
     num_examples = int(labels.shape[0])
     if batch_size % num_slices:
         raise ValueError(f"batch_size {batch_size} is not divisible by the {num_slices} replicas")
+    full_steps, slice_size = num_examples // batch_size, batch_size // num_slices
+    order = epoch_order(num_examples, seed, epoch)[: full_steps * batch_size]
+    # [step, replica, example] -> this pipeline's replicas' slices, in step order.
+    index = tf.reshape(order, [full_steps, num_slices, slice_size])[:, first_slice : first_slice + local_slices]
+    return (
+        tf.data.Dataset.from_tensor_slices(tf.reshape(index, [-1, slice_size]))
+        .map(lambda i: (normalize(tf.gather(images, i)), tf.gather(labels, i)))
+        .prefetch(tf.data.AUTOTUNE)
+    )
+
+
+def epoch_tensors(images, labels, batch_size, seed, epoch):
+    """``epoch_batches`` for one replica as whole tensors: [(x [steps, b, 784], y [steps, b])], then the
+    final partial batch as one more [1, rest, ...] pair when the batch size does not divide the data."""
+    num_examples = int(labels.shape[0])
     order = epoch_order(num_examples, seed, epoch)
-    steps = num_examples // batch_size if num_slices > 1 else -(-num_examples // batch_size)
-    slice_size = batch_size // num_slices
-
-    def batch(k):
-        step, replica = k // local_slices, first_slice + k % local_slices
-        start = step * batch_size + replica * slice_size
-        index = order[start : tf.minimum(start + slice_size, num_examples)]
-        return normalize(tf.gather(images, index)), tf.gather(labels, index)
-
-    return tf.data.Dataset.range(steps * local_slices).map(batch).prefetch(tf.data.AUTOTUNE)
+    full = num_examples // batch_size * batch_size
+    parts = [(order[:full], [-1, batch_size]), (order[full:], [1, -1])]
+    return [
+        (tf.reshape(normalize(tf.gather(images, index)), [*shape, NUM_PIXELS]), tf.reshape(tf.gather(labels, index), shape))
+        for index, shape in parts
+        if index.shape[0]
+    ]
 
 
 def evaluation_pipeline(ds, batch_size):

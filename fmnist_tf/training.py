@@ -118,13 +118,8 @@ def evaluate(model, images, labels, batch_size=2_000):
     return loss_sum / len(labels), correct / len(labels)
 
 
-def _train_epoch_fn(strategy, model, optimizer):
-    """A tf.function running one epoch from a distributed iterator.
-
-    Returns the global (loss sum, correct, count) and the count of examples this worker's own replicas
-    trained on: the evidence that workers take disjoint shares.
-    """
-    replicas = strategy.num_replicas_in_sync
+def _step_fn(model, optimizer, replicas):
+    """One optimizer step on one replica's slice; returns [loss sum, correct, count] of the slice."""
 
     def step(x, y):
         with tf.GradientTape() as tape:
@@ -138,14 +133,54 @@ def _train_epoch_fn(strategy, model, optimizer):
         correct = tf.reduce_sum(tf.cast(tf.equal(tf.argmax(probabilities, -1), y), tf.float32))
         return tf.stack([loss * count, correct, count])
 
+    return step
+
+
+def _distributed_epoch_fn(strategy, step, images, labels, batch_size, seed, shard):
+    """epoch -> (global [loss sum, correct, count], examples this worker's replicas trained on).
+
+    ``strategy.run`` over a dataset distributed by input pipeline: what several replicas need.
+    """
+
     @tf.function
-    def train_epoch(iterator):
+    def run_steps(iterator):
         totals, local = tf.zeros([3]), tf.constant(0.0)
         for x, y in iterator:
             per_replica = strategy.run(step, args=(x, y))
             totals += strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None)
             local += tf.add_n([r[2] for r in strategy.experimental_local_results(per_replica)])
         return totals, local
+
+    def train_epoch(epoch):
+        dataset_fn = _epoch_dataset_fn(images, labels, batch_size, seed, epoch, strategy.num_replicas_in_sync, shard)
+        return run_steps(iter(strategy.distribute_datasets_from_function(dataset_fn)))
+
+    return train_epoch
+
+
+def _in_graph_epoch_fn(strategy, step, images, labels, batch_size, seed):
+    """epoch -> (global [loss sum, correct, count], examples trained on), for a single replica.
+
+    The same steps as the distributed loop, but the whole epoch is one gathered tensor and one
+    tf.while_loop: no per-step iterator round trip, which was most of the time per step on CPU
+    (BUILD_NOTES.md). Several replicas cannot use it: their gradient all-reduce cannot sit in a loop.
+    """
+
+    def steps(x, y):
+        def body(i, totals):
+            return i + 1, totals + step(x[i], y[i])
+
+        return tf.while_loop(lambda i, _: i < tf.shape(x)[0], body, (tf.constant(0), tf.zeros([3])))[1]
+
+    @tf.function
+    def run_steps(x, y):
+        return strategy.run(steps, args=(x, y))
+
+    def train_epoch(epoch):
+        totals = tf.zeros([3])
+        for x, y in data.epoch_tensors(images, labels, batch_size, seed, epoch):
+            totals += run_steps(x, y)
+        return totals, totals[2]
 
     return train_epoch
 
@@ -213,7 +248,15 @@ def train(model, optimizer, train_arrays, validation_arrays, epochs, batch_size,
     """
     images, labels = (tf.constant(a) for a in train_arrays)
     replicas = strategy.num_replicas_in_sync
-    train_epoch = _train_epoch_fn(strategy, model, optimizer)
+    with strategy.scope():
+        # Eagerly, in the strategy's scope: variables created inside a replicated tf.function break it.
+        optimizer.build(model.trainable_variables)
+    step = _step_fn(model, optimizer, replicas)
+    shard = {"input_pipeline": 0, "input_pipelines": 1, "examples": 0}
+    if replicas == 1:
+        train_epoch = _in_graph_epoch_fn(strategy, step, images, labels, batch_size, seed)
+    else:
+        train_epoch = _distributed_epoch_fn(strategy, step, images, labels, batch_size, seed, shard)
     chief = is_chief(strategy)
     checkpoints = _Checkpoints(workdir, model, optimizer, chief) if workdir else None
     start, history = checkpoints.restore() if checkpoints else (0, {k: [] for k in HISTORY_KEYS})
@@ -221,12 +264,10 @@ def train(model, optimizer, train_arrays, validation_arrays, epochs, batch_size,
         print(f"Resuming from {workdir} after epoch {start}")
     writer = tf.summary.create_file_writer(str(pathlib.Path(workdir) / "tensorboard")) if workdir and chief else None
     steps = -(-len(train_arrays[1]) // batch_size)
-    shard = {"examples": 0}
     try:
         for epoch in range(start, epochs):
             began = time.perf_counter()
-            dataset_fn = _epoch_dataset_fn(images, labels, batch_size, seed, epoch, replicas, shard)
-            totals, local = train_epoch(iter(strategy.distribute_datasets_from_function(dataset_fn)))
+            totals, local = train_epoch(epoch)
             loss_sum, correct, count = totals.numpy()
             shard["examples"] += int(local)
             val_loss, val_accuracy = evaluate(model, *validation_arrays)

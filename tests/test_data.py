@@ -81,28 +81,32 @@ def _epoch(images, labels, epoch, **kwargs):
     return np.concatenate([x for x, _ in batches]), np.concatenate([y for _, y in batches]), batches
 
 
-def test_epoch_batches_are_a_pure_function_of_seed_and_epoch():
+def test_epoch_tensors_are_a_pure_function_of_seed_and_epoch():
     images, labels = data.to_numpy(data.load_split("test", "idx"))
-    x0, y0, batches = _epoch(images, labels, 0)
-    assert batches[0][0].dtype == tf.float32 and batches[0][0].shape == (32, 784)
-    assert len(batches) == 313 and batches[-1][1].shape == (10_000 - 312 * 32,)  # the partial batch is kept
-    again, _, _ = _epoch(images, labels, 0)
+    (x0, y0), (tail_x, tail_y) = data.epoch_tensors(images, labels, 32, seed=1, epoch=0)
+    assert x0.dtype == tf.float32 and x0.shape == (312, 32, 784) and y0.shape == (312, 32)
+    assert tail_x.shape == (1, 10_000 - 312 * 32, 784)  # the final partial batch is kept, as Keras does
+    again = data.epoch_tensors(images, labels, 32, seed=1, epoch=0)[0][0]
     np.testing.assert_array_equal(x0, again)
-    x1, y1, _ = _epoch(images, labels, 1)
-    assert not np.array_equal(y0, y1) and sorted(y0) == sorted(y1) == sorted(labels)
+    (_, y1), (_, tail_y1) = data.epoch_tensors(images, labels, 32, seed=1, epoch=1)
+    epoch0 = np.concatenate([y0.numpy().ravel(), tail_y.numpy().ravel()])
+    epoch1 = np.concatenate([y1.numpy().ravel(), tail_y1.numpy().ravel()])
+    assert not np.array_equal(epoch0, epoch1) and sorted(epoch0) == sorted(epoch1) == sorted(labels)
     # The epoch's order is a permutation of the examples, normalized the one way.
     order = data.epoch_order(10_000, 1, 0).numpy()
-    np.testing.assert_array_equal(x0, data.normalize(images[order]).numpy())
+    np.testing.assert_array_equal(x0.numpy().reshape(-1, 784), data.normalize(images[order[: 312 * 32]]).numpy())
 
 
 def test_replica_slices_partition_each_global_batch():
     images, labels = data.to_numpy(data.load_split("test", "idx"))
-    whole_x, _, _ = _epoch(images, labels, 3)
+    whole = data.epoch_tensors(images, labels, 32, seed=1, epoch=3)[0][0].numpy().reshape(-1, 784)
+    one, _, batches = _epoch(images, labels, 3)
+    np.testing.assert_array_equal(one, whole)  # one slice: the single-replica steps, full batches only
+    assert len(batches) == 312
     slices = [_epoch(images, labels, 3, num_slices=4, first_slice=r)[2] for r in range(4)]
-    steps = 10_000 // 32
-    assert all(len(s) == steps for s in slices) and slices[0][0][0].shape == (8, 784)
-    rebuilt = np.concatenate([np.concatenate([slices[r][s][0] for r in range(4)]) for s in range(steps)])
-    np.testing.assert_array_equal(rebuilt, whole_x[: steps * 32])
+    assert all(len(s) == 312 for s in slices) and slices[0][0][0].shape == (8, 784)
+    rebuilt = np.concatenate([np.concatenate([slices[r][s][0] for r in range(4)]) for s in range(312)])
+    np.testing.assert_array_equal(rebuilt, whole)
     local = _epoch(images, labels, 3, num_slices=4, first_slice=2, local_slices=2)[2]
     np.testing.assert_array_equal(local[1][0], slices[3][0][0])
     with pytest.raises(ValueError, match="not divisible by the 3 replicas"):

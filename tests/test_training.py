@@ -74,3 +74,32 @@ def test_bad_config_is_rejected_before_any_work(tmp_path, field, value, message)
 def test_cpu_machine_gets_the_default_strategy():
     assert not tf.config.list_physical_devices("GPU")
     assert training.choose_strategy() is tf.distribute.get_strategy()
+
+
+MIRRORED_TWO_CPUS = """
+import json, sys
+import tensorflow as tf
+cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+from fmnist_tf import training
+strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+config = training.Config(epochs=2, source="idx", export_dir=None, verbose=False)
+figures = training.run(config, strategy=strategy)
+print(json.dumps({k: figures[k] for k in ("history", "replicas", "shard", "val_loss")}))
+"""
+
+
+def test_two_replicas_train_the_same_steps_as_one(tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", MIRRORED_TWO_CPUS], capture_output=True, text=True, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    mirrored = json.loads(done.stdout.strip().splitlines()[-1])
+    assert mirrored["replicas"] == 2 and mirrored["shard"]["examples"] == 2 * 48_000
+    single = training.run(_config(tmp_path, epochs=2, export_dir=None))
+    # The distributed feeder with two half-batches against the in-graph loop with whole batches.
+    for key in ("loss", "accuracy", "val_loss", "val_accuracy"):
+        np.testing.assert_allclose(mirrored["history"][key], single["history"][key], atol=2e-4)
+    assert abs(mirrored["val_loss"] - single["val_loss"]) < 1e-4
