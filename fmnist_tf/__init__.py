@@ -8,6 +8,7 @@ from fmnist_tf.data import (
     normalize,
     prepare_tfds,
 )
+from fmnist_tf.evaluation import ModelDirError, evaluate_saved_model
 from fmnist_tf.export import ExportError, export_saved_model, latest_version_path
 from fmnist_tf.model import build_model, make_optimizer
 from fmnist_tf.training import Config, run
@@ -17,7 +18,9 @@ __all__ = [
     "Config",
     "DataError",
     "ExportError",
+    "ModelDirError",
     "build_model",
+    "evaluate_saved_model",
     "export_saved_model",
     "latest_version_path",
     "load_split",

@@ -1,19 +1,56 @@
-"""The Keras models and optimizers: each model maps the normalized [None, 784] vector to 10 probabilities."""
+"""The Keras models and optimizers: each model maps the normalized [None, 784] vector to 10 probabilities.
+
+Every model takes the same input ("pixels", float32 [None, 784]) and ends in Dense(10, softmax), so the
+pipelines and the three serving signatures are the same whichever model is trained.
+"""
 
 import keras
 
-from fmnist_tf.data import NUM_CLASSES, NUM_PIXELS
+from fmnist_tf.data import IMAGE_SHAPE, NUM_CLASSES, NUM_PIXELS
 
-MODELS = ("softmax",)
+
+def _softmax_layers():
+    return []
+
+
+def _mlp_layers():
+    return [keras.layers.Dense(100, activation="relu"), keras.layers.Dropout(0.2)]
+
+
+def _cnn_layers():
+    # The flat input is the one serving and the pipelines share; the convolutions need it as an image again.
+    return [
+        keras.layers.Reshape((*IMAGE_SHAPE, 1)),
+        keras.layers.Conv2D(32, 3, padding="same", activation="relu"),
+        keras.layers.MaxPooling2D(),
+        keras.layers.Conv2D(64, 3, padding="same", activation="relu"),
+        keras.layers.MaxPooling2D(),
+        keras.layers.Flatten(),
+        keras.layers.Dense(128, activation="relu"),
+        keras.layers.Dropout(0.5),
+    ]
+
+
+# Name -> the hidden layers between the input and the Dense(10, softmax) output.
+_HIDDEN_LAYERS = {"softmax": _softmax_layers, "mlp": _mlp_layers, "cnn": _cnn_layers}
+MODELS = tuple(_HIDDEN_LAYERS)
 OPTIMIZERS = ("rmsprop", "adam", "sgd")
 
 
 def build_model(name="softmax"):
-    """A Keras model by name; "softmax" is the notebook's one Dense(10, softmax) layer on 784 inputs."""
-    if name != "softmax":
+    """A Keras model by name, from the normalized [None, 784] "pixels" input to 10 probabilities.
+
+    "softmax" is the notebook's one Dense(10, softmax) layer; "mlp" adds Dense(100, relu) and Dropout;
+    "cnn" is a small conv net (two Conv2D/MaxPooling2D blocks, Dense(128, relu), Dropout).
+    """
+    if name not in _HIDDEN_LAYERS:
         raise ValueError(f"unknown model {name!r}: expected one of {', '.join(MODELS)}")
     return keras.Sequential(
-        [keras.Input((NUM_PIXELS,), name="pixels"), keras.layers.Dense(NUM_CLASSES, activation="softmax")],
+        [
+            keras.Input((NUM_PIXELS,), name="pixels"),
+            *_HIDDEN_LAYERS[name](),
+            keras.layers.Dense(NUM_CLASSES, activation="softmax"),
+        ],
         name=name,
     )
 

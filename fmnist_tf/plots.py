@@ -4,8 +4,19 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (after choosing the backend)
+import numpy as np  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
-from fmnist_tf.data import CLASS_NAMES  # noqa: E402
+from fmnist_tf.data import CLASS_NAMES, NUM_CLASSES  # noqa: E402
+
+DPI = 100
+
+
+def _save(fig, path):
+    fig.tight_layout()
+    fig.savefig(path, dpi=DPI)
+    plt.close(fig)
+    return path
 
 
 def save_image_grid(path, images, labels, columns=5, titles=None):
@@ -19,7 +30,39 @@ def save_image_grid(path, images, labels, columns=5, titles=None):
         if i < n:
             ax.imshow(images[i], cmap="binary")
             ax.set_title(titles[i] if titles else CLASS_NAMES[int(labels[i])], fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
+
+
+def save_confusion_matrix(path, matrix):
+    """Save a [10, 10] confusion matrix (rows true class, columns predicted) with its counts written in."""
+    matrix = np.asarray(matrix)
+    if matrix.shape != (NUM_CLASSES, NUM_CLASSES):
+        raise ValueError(f"confusion matrix must be {NUM_CLASSES}x{NUM_CLASSES}, got shape {matrix.shape}")
+    fig, ax = plt.subplots(figsize=(8, 7))
+    image = ax.imshow(matrix, cmap="Blues")
+    fig.colorbar(image, ax=ax)
+    ticks = range(NUM_CLASSES)
+    ax.set_xticks(ticks, CLASS_NAMES, rotation=45, ha="right")
+    ax.set_yticks(ticks, CLASS_NAMES)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    # Light text on the dark cells, dark on the light ones, so every count stays readable.
+    threshold = matrix.max() / 2
+    for (row, col), count in np.ndenumerate(matrix):
+        color = "white" if count > threshold else "black"
+        ax.text(col, row, str(count), ha="center", va="center", fontsize=8, color=color)
+    return _save(fig, path)
+
+
+def save_learning_curves(path, history):
+    """Save loss and accuracy per epoch, train vs validation, from a Keras-style ``history`` dict."""
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for ax, metric in zip(axes, ("loss", "accuracy")):
+        epochs = range(1, len(history[metric]) + 1)
+        ax.plot(epochs, history[metric], "o-", label="train")
+        ax.plot(epochs, history[f"val_{metric}"], "o-", label="validation")
+        ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_title(metric)
+        ax.legend()
+    return _save(fig, path)

@@ -19,10 +19,11 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from fmnist_tf import data, export
+from fmnist_tf import data, export, plots
 from fmnist_tf.model import MODELS, OPTIMIZERS, build_model, make_optimizer
 
 DEFAULT_EXPORT_DIR = pathlib.Path(__file__).resolve().parent.parent / "saved_models" / data.TFDS_NAME
+LEARNING_CURVES_FILE = "learning_curves.png"
 WARMUP_EXAMPLES = 4
 HISTORY_KEYS = ("loss", "accuracy", "val_loss", "val_accuracy")
 
@@ -333,6 +334,8 @@ def run(config, datasets=None, strategy=None):
         "config": dataclasses.asdict(config),
         "export_path": None,
     }
+    if config.workdir and figures["chief"]:
+        plots.save_learning_curves(pathlib.Path(config.workdir) / LEARNING_CURVES_FILE, history)
     if config.export_dir:
         figures["export_path"] = _export(model, config.export_dir, arrays["test"][0][:WARMUP_EXAMPLES], strategy)
     figures["seconds"] = time.perf_counter() - start

@@ -1,6 +1,8 @@
 import numpy as np
 import pytest
+import tensorflow as tf
 
+from fmnist_tf import data, training
 from fmnist_tf import model as model_lib
 
 
@@ -24,3 +26,40 @@ def test_unknown_names_are_rejected():
         model_lib.build_model("resnet")
     with pytest.raises(ValueError, match="unknown optimizer 'lbfgs'"):
         model_lib.make_optimizer("lbfgs")
+
+
+@pytest.mark.parametrize(
+    "name, hidden", [("mlp", ["Dense", "Dropout"]), ("cnn", ["Reshape", "Conv2D", "MaxPooling2D"])]
+)
+def test_every_model_maps_784_pixels_to_10_probabilities(name, hidden):
+    model = model_lib.build_model(name)
+    assert model.input_shape == (None, 784) and model.output_shape == (None, 10)
+    assert model.inputs[0].name == "pixels"
+    kinds = [type(layer).__name__ for layer in model.layers]
+    assert kinds[: len(hidden)] == hidden and kinds[-1] == "Dense"
+    assert model.layers[-1].units == 10 and model.count_params() > 784 * 10 + 10
+    probabilities = model.predict(np.random.default_rng(0).random((5, 784), np.float32), verbose=0)
+    assert probabilities.shape == (5, 10)
+    np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, rtol=1e-6)
+
+
+@pytest.fixture(scope="module")
+def small_splits():
+    return {name: ds.take(2000) for name, ds in data.load_splits(seed=0, source="idx").items()}
+
+
+@pytest.mark.parametrize("name", ["mlp", "cnn"])
+def test_a_short_real_run_exports_the_three_signatures(name, small_splits, tmp_path):
+    export_dir = str(tmp_path / "fashion_mnist")
+    config = training.Config(model=name, epochs=1, source="idx", export_dir=export_dir, verbose=False)
+    figures = training.run(config, datasets=small_splits)
+    assert figures["val_accuracy"] > 0.5  # 63 steps of real data: far above chance (0.1)
+    signatures = tf.saved_model.load(figures["export_path"]).signatures
+    assert set(signatures) == {"serving_default", "serving_normalized", "serving_png"}
+    # The export is the trained model: served on the test images, it scores what training measured.
+    images, labels = data.to_numpy(small_splits["test"])
+    served = signatures["serving_default"](images=tf.constant(images))
+    assert served["probabilities"].shape == (2000, 10)
+    assert np.mean(served["class_id"].numpy() == labels) == pytest.approx(figures["test_accuracy"])
+    normalized = signatures["serving_normalized"](pixels=data.normalize(images[:8]))
+    np.testing.assert_allclose(normalized["probabilities"], served["probabilities"][:8], atol=1e-6)

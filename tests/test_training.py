@@ -103,3 +103,21 @@ def test_two_replicas_train_the_same_steps_as_one(tmp_path):
     for key in ("loss", "accuracy", "val_loss", "val_accuracy"):
         np.testing.assert_allclose(mirrored["history"][key], single["history"][key], atol=2e-4)
     assert abs(mirrored["val_loss"] - single["val_loss"]) < 1e-4
+
+
+def test_workdir_gets_checkpoints_tensorboard_and_learning_curves(tmp_path):
+    import matplotlib.image
+
+    workdir = tmp_path / "work"
+    figures = training.run(_config(tmp_path, epochs=2, export_dir=None, workdir=str(workdir)))
+    curves = matplotlib.image.imread(workdir / training.LEARNING_CURVES_FILE)
+    assert curves.shape[0] > 200 and curves[..., :3].std() > 0.05
+    assert list((workdir / "tensorboard").glob("events.out.tfevents.*"))
+    assert tf.train.latest_checkpoint(str(workdir / "checkpoints")) is not None
+    scalars = {}
+    for event_file in (workdir / "tensorboard").glob("events.out.tfevents.*"):
+        for record in tf.data.TFRecordDataset(str(event_file)):
+            event = tf.compat.v1.Event.FromString(record.numpy())
+            for value in event.summary.value:
+                scalars.setdefault(value.tag, []).append(float(tf.make_ndarray(value.tensor)))
+    assert scalars["val_accuracy"] == pytest.approx(figures["history"]["val_accuracy"])

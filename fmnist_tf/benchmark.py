@@ -1,0 +1,194 @@
+"""Side-by-side measurements: the notebook's way against this package's, on the same machine and data.
+
+Each ``bench_*`` function returns a dict of figures; ``scripts/benchmark.py`` prints them as a table.
+"""
+
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import warnings
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from fmnist_tf import baseline, data, export, training
+from fmnist_tf.model import build_model, make_optimizer
+
+EPOCHS, BATCH_SIZE = 5, 32
+
+
+def summary(values):
+    """Median and range of repeated measurements."""
+    return {"median": statistics.median(values), "min": min(values), "max": max(values), "runs": list(values)}
+
+
+def notebook_fit(train, validation, seed):
+    """The notebook's training, as it was written: float64 arrays, default compile, fit for 5 epochs."""
+    keras.utils.set_random_seed(seed)
+    (x, y), (xv, yv) = train, validation
+    x_train, x_valid = x.reshape(-1, 784) / 255.0, xv.reshape(-1, 784) / 255.0
+    model = keras.Sequential([keras.layers.Dense(10, activation="softmax")])
+    model.compile(loss="sparse_categorical_crossentropy", optimizer="rmsprop", metrics=["accuracy"])
+    start = time.perf_counter()
+    # verbose=0: the notebook printed a progress bar, which only adds time to its side.
+    history = model.fit(x_train, y, epochs=EPOCHS, batch_size=BATCH_SIZE, validation_data=(x_valid, yv), verbose=0)
+    return time.perf_counter() - start, history.history["val_accuracy"][-1]
+
+
+def package_fit(train, validation, seed):
+    """This package's training path on the same arrays: training.train, default strategy."""
+    keras.utils.set_random_seed(seed)
+    model, optimizer = build_model(), make_optimizer()
+    start = time.perf_counter()
+    history, _ = training.train(
+        model, optimizer, train, validation, EPOCHS, BATCH_SIZE, seed, tf.distribute.get_strategy(), verbose=False
+    )
+    return time.perf_counter() - start, history["val_accuracy"][-1], model
+
+
+def bench_training(arrays, repeats, seed=42):
+    """Fit seconds and final validation accuracy of both ways, ``repeats`` times each, interleaved."""
+    notebook, package = [], []
+    for _ in range(repeats):
+        notebook.append(notebook_fit(arrays["train"], arrays["validation"], seed))
+        package.append(package_fit(arrays["train"], arrays["validation"], seed))
+    nb_seconds, pk_seconds = summary([s for s, _ in notebook]), summary([s for s, _, _ in package])
+    return {
+        "notebook_fit_seconds": nb_seconds,
+        "package_fit_seconds": pk_seconds,
+        "training_speedup": nb_seconds["median"] / pk_seconds["median"],
+        "val_accuracy_notebook": float(notebook[-1][1]),
+        "val_accuracy_package": float(package[-1][1]),
+        "model": package[-1][2],
+    }
+
+
+def _images_per_second(ds, repeats=1):
+    rates = []
+    for _ in range(repeats):
+        start, count = time.perf_counter(), 0
+        for batch in ds:
+            count += int(tf.shape(batch[0])[0])
+        rates.append(count / (time.perf_counter() - start))
+    return rates
+
+
+def bench_pipelines(tfds_dir, arrays, seed=42):
+    """Images/s of the package's pipelines and of TFDS's Keras example pipeline, read the same way."""
+    import tensorflow_datasets as tfds
+
+    rates = {}
+    rates["tfds_first_epoch"] = _images_per_second(data.load_split("train", "tfds", tfds_dir=tfds_dir).batch(BATCH_SIZE))[0]
+    rates["idx_first_epoch"] = _images_per_second(data.load_split("train", "idx").batch(BATCH_SIZE))[0]
+    images, labels = (tf.constant(a) for a in arrays["train"])
+    start = time.perf_counter()
+    for epoch in range(EPOCHS):
+        for x, _ in data.epoch_tensors(images, labels, BATCH_SIZE, seed, epoch):
+            x.numpy()
+    rates["package_epoch_tensors"] = EPOCHS * len(arrays["train"][1]) / (time.perf_counter() - start)
+    rates["package_epoch_batches"] = statistics.median(
+        _images_per_second(data.epoch_batches(images, labels, BATCH_SIZE, seed, 0), repeats=3)
+    )
+
+    # TFDS docs/keras_example: map(normalize) -> cache -> shuffle -> batch -> prefetch.
+    def normalize_img(image, label):
+        return tf.cast(image, tf.float32) / 255.0, label
+
+    canonical = tfds.load(data.TFDS_NAME, split="train", as_supervised=True, data_dir=tfds_dir)
+    canonical = (
+        canonical.map(normalize_img, num_parallel_calls=tf.data.AUTOTUNE)
+        .cache()
+        .shuffle(60_000)
+        .batch(BATCH_SIZE)
+        .prefetch(tf.data.AUTOTUNE)
+    )
+    first, *cached = _images_per_second(canonical, repeats=3)
+    rates["tfds_keras_example_first_epoch"] = first
+    rates["tfds_keras_example_cached_epoch"] = statistics.median(cached)
+    return {"pipeline_images_per_s": rates}
+
+
+def _latencies_ms(fn, calls, warmup=20):
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(calls):
+        start = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - start) * 1e3)
+    return np.percentile(times, 50), np.percentile(times, 99)
+
+
+def bench_serving(model, test_images):
+    """serving_default of the exported SavedModel against model.predict, same inputs."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = export.export_saved_model(model, f"{tmp}/fashion_mnist")
+        serve = tf.saved_model.load(str(path)).signatures["serving_default"]
+        one, batch, everything = (tf.constant(test_images[:n]) for n in (1, 1024, len(test_images)))
+        p50, p99 = _latencies_ms(lambda: serve(images=one), calls=500)
+        batch_ms, _ = _latencies_ms(lambda: serve(images=batch), calls=30, warmup=3)
+        all_ms, _ = _latencies_ms(lambda: serve(images=everything), calls=10, warmup=2)
+    pixels_one, pixels_batch, pixels_all = (data.normalize(x) for x in (one, batch, everything))
+    predict_p50, predict_p99 = _latencies_ms(lambda: model.predict(pixels_one, verbose=0), calls=100, warmup=5)
+    predict_batch_ms, _ = _latencies_ms(lambda: model.predict(pixels_batch, verbose=0), calls=20, warmup=2)
+    predict_all_ms, _ = _latencies_ms(lambda: model.predict(pixels_all, verbose=0), calls=5, warmup=1)
+    return {
+        "serving_p50_ms_batch1": p50,
+        "serving_p99_ms_batch1": p99,
+        "serving_images_per_s_batch1024": 1024 / batch_ms * 1e3,
+        "serving_images_per_s_all_test": len(test_images) / all_ms * 1e3,
+        "predict_p50_ms_batch1": predict_p50,
+        "predict_p99_ms_batch1": predict_p99,
+        "predict_images_per_s_batch1024": 1024 / predict_batch_ms * 1e3,
+        "predict_images_per_s_all_test": len(test_images) / predict_all_ms * 1e3,
+    }
+
+
+def bench_baseline(source="idx", tfds_dir=None):
+    """The notebook's cross_validate call against scripts/baseline.py's path: seconds and scores."""
+    from sklearn.exceptions import ConvergenceWarning
+    from sklearn.model_selection import cross_validate
+
+    train, test = baseline.load_arrays(source, tfds_dir=tfds_dir)
+    x64 = train[0].astype(np.float64)  # the notebook's X_train / 255.
+    start = time.perf_counter()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        notebook = cross_validate(baseline.make_classifier(), x64, train[1], cv=5, n_jobs=-1)
+    notebook_seconds = time.perf_counter() - start
+    package = baseline.cross_validate_baseline(*train)
+    return {
+        "baseline_notebook_seconds": notebook_seconds,
+        "baseline_package_seconds": package["cv_seconds"],
+        "baseline_speedup": notebook_seconds / package["cv_seconds"],
+        "baseline_notebook_cv_scores": [float(s) for s in notebook["test_score"]],
+        "baseline_package_cv_scores": package["cv_scores"],
+    }
+
+
+COLD_START = """
+import sys, time
+from fmnist_tf import data, training
+from fmnist_tf.model import build_model, make_optimizer
+import tensorflow as tf
+arrays = data.load_split_arrays(42, "tfds", tfds_dir=sys.argv[1])
+small = {k: (x[:32], y[:32]) for k, (x, y) in arrays.items()}
+training.train(build_model(), make_optimizer(), small["train"], small["validation"], 1, 32, 42,
+               tf.distribute.get_strategy(), verbose=False)
+print(time.time())
+"""
+
+
+def bench_cold_start(tfds_dir):
+    """Seconds from process start to the end of the first training step (TFDS prepared); and a prepare."""
+    start = time.time()
+    done = subprocess.run([sys.executable, "-c", COLD_START, tfds_dir], capture_output=True, text=True, check=True)
+    cold = float(done.stdout.strip().splitlines()[-1]) - start
+    with tempfile.TemporaryDirectory() as fresh:
+        began = time.perf_counter()
+        data.prepare_tfds(data.DEFAULT_RAW_DIR, fresh)
+        prepare = time.perf_counter() - began
+    return {"cold_start_seconds": cold, "tfds_prepare_seconds": prepare}

@@ -1,0 +1,137 @@
+"""Score an exported SavedModel on the 10,000 test images, the way a TF Serving client sees it.
+
+The model is loaded with ``tf.saved_model.load`` and called through its ``serving_default`` signature,
+never through this package's Keras code: the report describes the artifact that is served.
+"""
+
+import json
+import pathlib
+
+import numpy as np
+import tensorflow as tf
+from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
+
+from fmnist_tf import data, export, plots
+
+REPORT_FILE = "report.json"
+CONFUSION_MATRIX_FILE = "confusion_matrix.png"
+MISTAKES_FILE = "mistakes.png"
+TOP_CONFUSED = 5
+
+
+class ModelDirError(ValueError):
+    """The model path holds no SavedModel with a serving_default signature."""
+
+
+def resolve_version(model_dir):
+    """The SavedModel folder to score: ``model_dir`` itself, or its highest integer version (TF Serving's pick)."""
+    path = pathlib.Path(model_dir)
+    if not path.is_dir():
+        raise ModelDirError(f"model dir {path} does not exist or is not a folder")
+    if tf.saved_model.contains_saved_model(str(path)):
+        return path
+    version = export.latest_version_path(path)
+    if version is None:
+        raise ModelDirError(
+            f"model dir {path} is neither a SavedModel (no saved_model.pb) nor a base path with integer "
+            "version folders (<N>/saved_model.pb)"
+        )
+    if not tf.saved_model.contains_saved_model(str(version)):
+        raise ModelDirError(f"model dir {path}: latest version {version} holds no saved_model.pb")
+    return version
+
+
+def load_serving_default(model_dir):
+    """(version folder, its serving_default signature), loaded as TF Serving loads it."""
+    version = resolve_version(model_dir)
+    try:
+        loaded = tf.saved_model.load(str(version))
+    except (OSError, ValueError, tf.errors.OpError) as e:
+        # TF's message can run to several lines of hints; the first says what is wrong.
+        reason = str(e).strip().splitlines()[0]
+        raise ModelDirError(f"{version}: not a loadable SavedModel: {reason}") from e
+    signatures = loaded.signatures
+    if export.SERVING_DEFAULT not in signatures:
+        raise ModelDirError(
+            f"{version}: no {export.SERVING_DEFAULT} signature (found: {', '.join(signatures) or 'none'})"
+        )
+    return version, signatures[export.SERVING_DEFAULT]
+
+
+def predict_classes(signature, images, batch_size=1_000):
+    """The class_id the serving_default ``signature`` returns for each of the uint8 [n, 28, 28] ``images``."""
+    input_name = export.SIGNATURE_INPUTS[export.SERVING_DEFAULT]
+    batches = (
+        signature(**{input_name: tf.constant(images[start : start + batch_size])})["class_id"].numpy()
+        for start in range(0, len(images), batch_size)
+    )
+    return np.concatenate(list(batches)).astype(np.int64)
+
+
+def metrics_report(labels, predictions):
+    """Accuracy, per-class precision/recall/F1/support, confusion matrix and most-confused pairs, as a dict.
+
+    Confusion matrix rows are true classes and columns predicted ones, in ``data.CLASS_NAMES`` order.
+    """
+    classes = list(range(data.NUM_CLASSES))
+    precision, recall, f1, support = precision_recall_fscore_support(
+        labels, predictions, labels=classes, zero_division=0
+    )
+    matrix = confusion_matrix(labels, predictions, labels=classes)
+    confusions = [(int(matrix[t, p]), t, p) for t in classes for p in classes if t != p and matrix[t, p]]
+    # Highest count first; ties in class order, so the list is the same on every run.
+    confusions.sort(key=lambda c: (-c[0], c[1], c[2]))
+    return {
+        "examples": len(labels),
+        "accuracy": float(np.mean(np.asarray(labels) == np.asarray(predictions))),
+        "per_class": [
+            {
+                "class_id": i,
+                "class_name": data.CLASS_NAMES[i],
+                "precision": float(precision[i]),
+                "recall": float(recall[i]),
+                "f1": float(f1[i]),
+                "support": int(support[i]),
+            }
+            for i in classes
+        ],
+        "confusion_matrix": matrix.tolist(),
+        "most_confused": [
+            {
+                "true_id": t,
+                "true": data.CLASS_NAMES[t],
+                "predicted_id": p,
+                "predicted": data.CLASS_NAMES[p],
+                "count": count,
+            }
+            for count, t, p in confusions[:TOP_CONFUSED]
+        ],
+    }
+
+
+def save_mistakes(path, images, labels, predictions, count):
+    """A grid of the first ``count`` misclassified ``images``, each titled with its true and predicted class."""
+    wrong = np.flatnonzero(labels != predictions)[:count]
+    titles = [
+        f"true: {data.CLASS_NAMES[labels[i]]}\npred: {data.CLASS_NAMES[predictions[i]]}" for i in wrong
+    ]
+    return plots.save_image_grid(path, images[wrong], labels[wrong], titles=titles)
+
+
+def evaluate_saved_model(model_dir, out_dir, source="tfds", raw_dir=data.DEFAULT_RAW_DIR, tfds_dir=None, mistakes=20):
+    """Score the SavedModel at ``model_dir`` (a version folder or a base path) on the test split.
+
+    Writes ``out_dir``/report.json, confusion_matrix.png and mistakes.png (the first ``mistakes``
+    misclassified test images); returns the report dict, which also names the version folder scored
+    ("model_path").
+    """
+    version, signature = load_serving_default(model_dir)
+    images, labels = data.load_arrays("test", source, raw_dir, tfds_dir)
+    predictions = predict_classes(signature, images)
+    report = {"model_path": str(version), **metrics_report(labels, predictions)}
+    out_dir = pathlib.Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / REPORT_FILE).write_text(json.dumps(report, indent=2) + "\n")
+    plots.save_confusion_matrix(out_dir / CONFUSION_MATRIX_FILE, report["confusion_matrix"])
+    save_mistakes(out_dir / MISTAKES_FILE, images, labels, predictions, mistakes)
+    return report
