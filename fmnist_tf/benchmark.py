@@ -3,6 +3,7 @@
 Each ``bench_*`` function returns a dict of figures; ``scripts/benchmark.py`` prints them as a table.
 """
 
+import json
 import statistics
 import subprocess
 import sys
@@ -64,6 +65,23 @@ def bench_training(arrays, repeats, seed=42):
         "val_accuracy_package": float(package[-1][1]),
         "model": package[-1][2],
     }
+
+
+NOTEBOOK_DEFAULT_THREADS = """
+import json, sys
+from fmnist_tf import benchmark, data
+arrays = data.load_split_arrays(42, "tfds", tfds_dir=sys.argv[2] or None)
+print(json.dumps([benchmark.notebook_fit(arrays["train"], arrays["validation"], 42)[0] for _ in range(int(sys.argv[1]))]))
+"""
+
+
+def bench_notebook_default_threads(repeats, tfds_dir=None):
+    """The notebook's fit in a fresh process with TF's default thread pools, as the notebook ran."""
+    done = subprocess.run(
+        [sys.executable, "-c", NOTEBOOK_DEFAULT_THREADS, str(repeats), tfds_dir or ""],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    return {"notebook_default_threads_fit_seconds": summary(json.loads(done.stdout.strip().splitlines()[-1]))}
 
 
 def _images_per_second(ds, repeats=1):

@@ -20,7 +20,7 @@ import tensorflow as tf
 from absl import logging
 
 from fmnist_tf import data, export, plots
-from fmnist_tf.model import MODELS, OPTIMIZERS, build_model, make_optimizer
+from fmnist_tf.model import MODELS, OPTIMIZERS, THREADS, build_model, make_optimizer
 
 DEFAULT_EXPORT_DIR = pathlib.Path(__file__).resolve().parent.parent / "saved_models" / data.TFDS_NAME
 LEARNING_CURVES_FILE = "learning_curves.png"
@@ -43,6 +43,7 @@ class Config:
     tfds_dir: str | None = None
     export_dir: str | None = str(DEFAULT_EXPORT_DIR)
     workdir: str | None = None
+    threads: int | None = None  # TF thread pools; None: the model's entry in model.THREADS
     verbose: bool = True
 
     def validate(self):
@@ -51,6 +52,8 @@ class Config:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if self.threads is not None and (not isinstance(self.threads, int) or self.threads < 0):
+            raise ValueError(f"threads must be 0 (TF's default) or a positive integer, got {self.threads!r}")
         if self.learning_rate is not None and not self.learning_rate > 0:
             raise ValueError(f"learning_rate must be positive, got {self.learning_rate!r}")
         for name, allowed in (("source", data.SOURCES), ("model", MODELS), ("optimizer", OPTIMIZERS)):
@@ -83,6 +86,22 @@ def choose_strategy():
     if gpus:
         return tf.distribute.OneDeviceStrategy(gpus[0].name)
     return tf.distribute.get_strategy()
+
+
+def configure_threads(threads):
+    """Size TF's intra- and inter-op thread pools (0 keeps TF's default); False if TF already started.
+
+    TF fixes its pools when its runtime starts, so this must run before any TF op.
+    """
+    if not threads:
+        return True
+    try:
+        tf.config.threading.set_intra_op_parallelism_threads(threads)
+        tf.config.threading.set_inter_op_parallelism_threads(threads)
+    except RuntimeError:
+        logging.info("TF already started: thread pools stay as they are")
+        return False
+    return True
 
 
 def strategy_devices(strategy):
@@ -299,6 +318,7 @@ def run(config, datasets=None, strategy=None):
     """
     start = time.perf_counter()
     config.validate()
+    configure_threads(THREADS[config.model] if config.threads is None else config.threads)
     strategy = strategy or choose_strategy()
     devices = strategy_devices(strategy)
     logging.info("strategy %s on %s", type(strategy).__name__, devices)

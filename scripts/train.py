@@ -19,6 +19,7 @@ _cli.define_data_flags()
 flags.DEFINE_string("export_dir", str(training.DEFAULT_EXPORT_DIR), "Base path of the exported versions; '' skips export.")
 flags.DEFINE_string("workdir", None, "Checkpoints (a killed run resumes from here) and TensorBoard logs.")
 flags.DEFINE_string("metrics_json", None, "Write the figures to this JSON file.")
+flags.DEFINE_integer("threads", None, "TF thread pools (0: TF's default); default the model's setting.", lower_bound=0)
 FLAGS = flags.FLAGS
 
 
@@ -36,6 +37,7 @@ def main(argv):
         tfds_dir=FLAGS.tfds_dir,
         export_dir=FLAGS.export_dir or None,
         workdir=FLAGS.workdir,
+        threads=FLAGS.threads,
     )
     figures = training.run(config)
     print(f"strategy {figures['strategy']} on {', '.join(figures['devices'])}")

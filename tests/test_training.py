@@ -61,6 +61,7 @@ def test_datasets_and_strategy_can_be_injected(tmp_path):
         ("epochs", "abc", "epochs must be a positive integer"),
         ("source", "csv", "source must be one of tfds, idx"),
         ("learning_rate", 0.0, "learning_rate must be positive"),
+        ("threads", -1, "threads must be 0"),
         ("raw_dir", "/nonexistent", "raw_dir /nonexistent does not exist"),
     ],
 )
