@@ -1,9 +1,9 @@
 """Train, evaluate and export: ``run(config) -> dict of figures``. No flag parsing here.
 
-One training loop serves every ``tf.distribute`` strategy (default/CPU, one or several GPUs, TPU, several
-workers): a ``strategy.run`` step over a per-epoch dataset, with the Keras model and optimizer. Keras 3's
-``model.fit`` fails under MultiWorkerMirroredStrategy (keras-team/keras#20585), and this loop is also the
-faster one on CPU (BUILD_NOTES.md has the figures).
+One training step (Keras model, Keras optimizer) serves every ``tf.distribute`` strategy: with one replica
+it runs as one in-graph loop per epoch, with several as ``strategy.run`` over a distributed dataset. Not
+``model.fit``: Keras 3's ``fit`` fails under MultiWorkerMirroredStrategy (keras-team/keras#20585), and this
+loop is also several times faster on CPU (BUILD_NOTES.md has the figures).
 """
 
 import dataclasses

@@ -17,7 +17,7 @@ FLAGS = flags.FLAGS
 
 @_cli.one_line_errors
 def main(argv):
-    splits = {s: data.to_numpy(data.load_split(s, FLAGS.source, FLAGS.raw_dir, FLAGS.tfds_dir)) for s in data.RAW_FILES}
+    splits = {s: data.load_arrays(s, FLAGS.source, FLAGS.raw_dir, FLAGS.tfds_dir) for s in data.RAW_FILES}
     # The original files' first images: the notebook's first picture.
     images, labels = data.to_file_order("train", *splits["train"])
     plots.save_image_grid(FLAGS.out, images[: FLAGS.count], labels[: FLAGS.count])
