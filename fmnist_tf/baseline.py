@@ -12,7 +12,7 @@ from sklearn.model_selection import cross_validate
 from fmnist_tf import data
 
 
-def load_arrays(source="tfds", raw_dir=data.DEFAULT_RAW_DIR, tfds_dir=None):
+def load_baseline_arrays(source="tfds", raw_dir=data.DEFAULT_RAW_DIR, tfds_dir=None):
     """((x_train, y_train), (x_test, y_test)): float32 [n, 784] normalized pixels and int64 labels.
 
     In the original files' order: k-fold CV scores depend on it, and the notebook's 0.831 used it.

@@ -170,7 +170,7 @@ def bench_baseline(source="idx", tfds_dir=None):
     from sklearn.exceptions import ConvergenceWarning
     from sklearn.model_selection import cross_validate
 
-    train, test = baseline.load_arrays(source, tfds_dir=tfds_dir)
+    train, test = baseline.load_baseline_arrays(source, tfds_dir=tfds_dir)
     x64 = train[0].astype(np.float64)  # the notebook's X_train / 255.
     start = time.perf_counter()
     with warnings.catch_warnings():

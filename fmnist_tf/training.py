@@ -336,7 +336,8 @@ def run(config, datasets=None, strategy=None):
     history, shard = train(model, optimizer, arrays["train"], arrays["validation"], config.epochs, config.batch_size,
                     config.seed, strategy, config.workdir, config.verbose)  # fmt: skip
     fit_seconds = time.perf_counter() - fit_start
-    val_loss, val_accuracy = evaluate(model, *arrays["validation"])
+    # The last epoch evaluated these weights on validation already (or, resumed, its checkpoint did).
+    val_loss, val_accuracy = history["val_loss"][-1], history["val_accuracy"][-1]
     test_loss, test_accuracy = evaluate(model, *arrays["test"])
 
     figures = {

@@ -19,7 +19,7 @@ FLAGS = flags.FLAGS
 
 @_cli.one_line_errors
 def main(argv):
-    train, test = baseline.load_arrays(FLAGS.source, FLAGS.raw_dir, FLAGS.tfds_dir)
+    train, test = baseline.load_baseline_arrays(FLAGS.source, FLAGS.raw_dir, FLAGS.tfds_dir)
     figures = baseline.run_baseline(train, test, FLAGS.folds, FLAGS.max_iter, FLAGS.seed, FLAGS.n_jobs)
     for i, score in enumerate(figures["cv_scores"], 1):
         print(f"fold {i}: accuracy {score:.4f}")

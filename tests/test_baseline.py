@@ -4,7 +4,7 @@ from fmnist_tf import baseline
 
 
 def test_arrays_are_normalized_in_the_original_file_order():
-    (x_train, y_train), (x_test, y_test) = baseline.load_arrays(source="idx")
+    (x_train, y_train), (x_test, y_test) = baseline.load_baseline_arrays(source="idx")
     assert x_train.shape == (60_000, 784) and x_test.shape == (10_000, 784)
     assert x_train.dtype == np.float32 and 0.0 == x_train.min() and x_train.max() == 1.0
     # The first ten training labels of Zalando's file.
@@ -12,7 +12,7 @@ def test_arrays_are_normalized_in_the_original_file_order():
 
 
 def test_cross_validation_on_real_data_beats_a_floor():
-    (x_train, y_train), (x_test, y_test) = baseline.load_arrays(source="idx")
+    (x_train, y_train), (x_test, y_test) = baseline.load_baseline_arrays(source="idx")
     figures = baseline.run_baseline(
         (x_train[:10_000], y_train[:10_000]), (x_test, y_test), folds=3, max_iter=5, n_jobs=1
     )
