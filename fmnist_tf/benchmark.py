@@ -9,7 +9,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import warnings
 
 import keras
 import numpy as np
@@ -67,6 +66,15 @@ def bench_training(arrays, repeats, seed=42):
     }
 
 
+def _python_last_line(code, *args):
+    """Run ``code`` in a fresh Python process with ``args``; return the last line it printed.
+
+    A fresh process starts TF with its own defaults, whatever this process configured; "" stands for None.
+    """
+    done = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, check=True)
+    return done.stdout.strip().splitlines()[-1]
+
+
 NOTEBOOK_DEFAULT_THREADS = """
 import json, sys
 from fmnist_tf import benchmark, data
@@ -75,13 +83,14 @@ print(json.dumps([benchmark.notebook_fit(arrays["train"], arrays["validation"], 
 """
 
 
-def bench_notebook_default_threads(repeats, tfds_dir=None):
-    """The notebook's fit in a fresh process with TF's default thread pools, as the notebook ran."""
-    done = subprocess.run(
-        [sys.executable, "-c", NOTEBOOK_DEFAULT_THREADS, str(repeats), tfds_dir or ""],
-        capture_output=True, text=True, check=True,
-    )  # fmt: skip
-    return {"notebook_default_threads_fit_seconds": summary(json.loads(done.stdout.strip().splitlines()[-1]))}
+def bench_notebook_default_threads(repeats, package_fit_seconds, tfds_dir=None):
+    """The notebook's fit in a fresh process with TF's default thread pools, as the notebook ran, and the
+    speed-up of ``package_fit_seconds`` (a ``summary``) over it."""
+    seconds = summary(json.loads(_python_last_line(NOTEBOOK_DEFAULT_THREADS, str(repeats), tfds_dir or "")))
+    return {
+        "notebook_default_threads_fit_seconds": seconds,
+        "training_speedup_vs_notebook_default_threads": seconds["median"] / package_fit_seconds["median"],
+    }
 
 
 def _images_per_second(ds, repeats=1):
@@ -167,14 +176,12 @@ def bench_serving(model, test_images):
 
 def bench_baseline(source="idx", tfds_dir=None):
     """The notebook's cross_validate call against scripts/baseline.py's path: seconds and scores."""
-    from sklearn.exceptions import ConvergenceWarning
     from sklearn.model_selection import cross_validate
 
     train, test = baseline.load_baseline_arrays(source, tfds_dir=tfds_dir)
     x64 = train[0].astype(np.float64)  # the notebook's X_train / 255.
     start = time.perf_counter()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ConvergenceWarning)
+    with baseline.expected_convergence_warnings():
         notebook = cross_validate(baseline.make_classifier(), x64, train[1], cv=5, n_jobs=-1)
     notebook_seconds = time.perf_counter() - start
     package = baseline.cross_validate_baseline(*train)
@@ -192,7 +199,7 @@ import sys, time
 from fmnist_tf import data, training
 from fmnist_tf.model import build_model, make_optimizer
 import tensorflow as tf
-arrays = data.load_split_arrays(42, "tfds", tfds_dir=sys.argv[1])
+arrays = data.load_split_arrays(42, "tfds", tfds_dir=sys.argv[1] or None)
 small = {k: (x[:32], y[:32]) for k, (x, y) in arrays.items()}
 training.train(build_model(), make_optimizer(), small["train"], small["validation"], 1, 32, 42,
                tf.distribute.get_strategy(), verbose=False)
@@ -200,11 +207,10 @@ print(time.time())
 """
 
 
-def bench_cold_start(tfds_dir):
+def bench_cold_start(tfds_dir=None):
     """Seconds from process start to the end of the first training step (TFDS prepared); and a prepare."""
     start = time.time()
-    done = subprocess.run([sys.executable, "-c", COLD_START, tfds_dir], capture_output=True, text=True, check=True)
-    cold = float(done.stdout.strip().splitlines()[-1]) - start
+    cold = float(_python_last_line(COLD_START, tfds_dir or "")) - start
     with tempfile.TemporaryDirectory() as fresh:
         began = time.perf_counter()
         data.prepare_tfds(data.DEFAULT_RAW_DIR, fresh)

@@ -358,14 +358,14 @@ def run(config, datasets=None, strategy=None):
     if config.workdir and figures["chief"]:
         plots.save_learning_curves(pathlib.Path(config.workdir) / LEARNING_CURVES_FILE, history)
     if config.export_dir:
-        figures["export_path"] = _export(model, config.export_dir, arrays["test"][0][:WARMUP_EXAMPLES], strategy)
+        figures["export_path"] = _export(model, config.export_dir, arrays["test"][0][:WARMUP_EXAMPLES], figures["chief"])
     figures["seconds"] = time.perf_counter() - start
     return figures
 
 
-def _export(model, export_dir, warmup_images, strategy):
+def _export(model, export_dir, warmup_images, chief):
     """Export a version from the chief; other workers export to a scratch folder and delete it."""
-    if is_chief(strategy):
+    if chief:
         path = export.export_saved_model(model, export_dir, warmup_images=warmup_images)
         export.write_model_config(pathlib.Path(export_dir).parent / "models.config", export_dir)
         return str(path)

@@ -31,14 +31,11 @@ def main(argv):
     train = benchmark.bench_training(arrays, FLAGS.repeats)
     trained = train.pop("model")
     figures.update(train)
-    figures.update(benchmark.bench_notebook_default_threads(FLAGS.repeats, FLAGS.tfds_dir))
-    figures["training_speedup_vs_notebook_default_threads"] = (
-        figures["notebook_default_threads_fit_seconds"]["median"] / figures["package_fit_seconds"]["median"]
-    )
+    figures.update(benchmark.bench_notebook_default_threads(FLAGS.repeats, figures["package_fit_seconds"], FLAGS.tfds_dir))
     figures.update(benchmark.bench_serving(trained, arrays["test"][0]))
     figures.update(benchmark.bench_pipelines(FLAGS.tfds_dir, arrays))
     figures.update(benchmark.bench_baseline("tfds", FLAGS.tfds_dir))
-    figures.update(benchmark.bench_cold_start(FLAGS.tfds_dir or os.path.expanduser("~/tensorflow_datasets")))
+    figures.update(benchmark.bench_cold_start(FLAGS.tfds_dir))
 
     f = figures
     rows = [
