@@ -1,38 +1,18 @@
-"""fmnist_tf: train, export and serve a Fashion-MNIST classifier the way TensorFlow's tools expect."""
+"""fmnist_tf: train, export and serve a Fashion-MNIST classifier the way TensorFlow's tools expect.
 
-from fmnist_tf.data import (
-    CLASS_NAMES,
-    DataError,
-    evaluation_pipeline,
-    load_arrays,
-    load_split,
-    load_split_arrays,
-    load_splits,
-    normalize,
-    prepare_tfds,
-)
-from fmnist_tf.evaluation import ModelDirError, evaluate_saved_model
-from fmnist_tf.export import ExportError, export_saved_model, latest_version_path
-from fmnist_tf.model import build_model, make_optimizer
-from fmnist_tf.training import Config, run
+The public API below loads its module (and TensorFlow) on first use, so light submodules such as the
+command-line flags and the serving check import quickly.
+"""
 
-__all__ = [
-    "CLASS_NAMES",
-    "Config",
-    "DataError",
-    "ExportError",
-    "ModelDirError",
-    "build_model",
-    "evaluate_saved_model",
-    "evaluation_pipeline",
-    "export_saved_model",
-    "latest_version_path",
-    "load_arrays",
-    "load_split",
-    "load_split_arrays",
-    "load_splits",
-    "make_optimizer",
-    "normalize",
-    "prepare_tfds",
-    "run",
-]
+from fmnist_tf._lazy import lazy_exports
+
+_EXPORTS = {
+    **dict.fromkeys(("CLASS_NAMES", "DataError", "evaluation_pipeline", "load_arrays", "load_split",
+                     "load_split_arrays", "load_splits", "normalize", "prepare_tfds"), "data"),  # fmt: skip
+    **dict.fromkeys(("ModelDirError", "evaluate_saved_model"), "evaluation"),
+    **dict.fromkeys(("ExportError", "export_saved_model", "latest_version_path"), "export"),
+    **dict.fromkeys(("build_model", "make_optimizer"), "model"),
+    **dict.fromkeys(("Config", "run"), "training"),
+}
+__all__ = sorted(_EXPORTS)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -6,7 +6,8 @@ pipelines and the three serving signatures are the same whichever model is train
 
 import keras
 
-from fmnist_tf.data import IMAGE_SHAPE, NUM_CLASSES, NUM_PIXELS
+from fmnist_tf.configs import MODELS, OPTIMIZERS
+from fmnist_tf.data.files import IMAGE_SHAPE, NUM_CLASSES, NUM_PIXELS
 
 
 def _softmax_layers():
@@ -33,12 +34,6 @@ def _cnn_layers():
 
 # Name -> the hidden layers between the input and the Dense(10, softmax) output.
 _HIDDEN_LAYERS = {"softmax": _softmax_layers, "mlp": _mlp_layers, "cnn": _cnn_layers}
-MODELS = tuple(_HIDDEN_LAYERS)
-# TF thread-pool size per model (0: TF's default, one thread per core). The one-layer model's ops are too
-# small to split: one thread each for intra- and inter-op work trained 5 epochs in 0.6 s instead of 0.9 s
-# here (BUILD_NOTES.md); the convolutions of "cnn" do want every core.
-THREADS = {"softmax": 1, "mlp": 0, "cnn": 0}
-OPTIMIZERS = ("rmsprop", "adam", "sgd")
 
 
 def build_model(name="softmax"):

@@ -7,8 +7,6 @@ loop is also several times faster on CPU (BUILD_NOTES.md has the figures).
 """
 
 import dataclasses
-import json
-import os
 import pathlib
 import shutil
 import tempfile
@@ -19,32 +17,43 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from fmnist_tf import data, export, plots
-from fmnist_tf.model import MODELS, OPTIMIZERS, THREADS, build_model, make_optimizer
+from fmnist_tf import configs, data, export, plots
+from fmnist_tf.checkpoints import HISTORY_KEYS, Checkpoints, empty_history
+from fmnist_tf.distribute import choose_strategy, configure_threads, is_chief, strategy_devices
+from fmnist_tf.model import build_model, make_optimizer
 
-DEFAULT_EXPORT_DIR = pathlib.Path(__file__).resolve().parent.parent / "saved_models" / data.TFDS_NAME
 LEARNING_CURVES_FILE = "learning_curves.png"
 WARMUP_EXAMPLES = 4
-HISTORY_KEYS = ("loss", "accuracy", "val_loss", "val_accuracy")
 
 
 @dataclasses.dataclass
 class Config:
     """Everything one training run needs; ``validate()`` says what is wrong before any work starts."""
 
-    epochs: int = 5
-    batch_size: int = 32  # the global batch: split across replicas, so the math is the same on any cluster
-    optimizer: str = "rmsprop"
+    # None: the model's own default (configs.MODEL_DEFAULTS), filled in when the Config is made.
+    epochs: int | None = None
+    batch_size: int | None = None  # the global batch: split across replicas, so the math is the same on any cluster
+    optimizer: str | None = None
     learning_rate: float | None = None
     seed: int = 42
     model: str = "softmax"
     source: str = "tfds"
     raw_dir: str = str(data.DEFAULT_RAW_DIR)
     tfds_dir: str | None = None
-    export_dir: str | None = str(DEFAULT_EXPORT_DIR)
+    export_dir: str | None = None  # None: configs.default_export_dir(model); "": no export
     workdir: str | None = None
-    threads: int | None = None  # TF thread pools; None: the model's entry in model.THREADS
+    threads: int | None = None  # TF thread pools (0: TF's default); None: the model's default
     verbose: bool = True
+
+    def __post_init__(self):
+        defaults = configs.MODEL_DEFAULTS.get(self.model)
+        if defaults is None:
+            return  # validate() names the bad model
+        for name in ("epochs", "batch_size", "optimizer", "threads"):
+            if getattr(self, name) is None:
+                setattr(self, name, getattr(defaults, name))
+        if self.export_dir is None:
+            self.export_dir = configs.default_export_dir(self.model)
 
     def validate(self):
         """Raise ValueError naming the first bad field; check the folders the run reads and writes."""
@@ -52,73 +61,17 @@ class Config:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
-        if self.threads is not None and (not isinstance(self.threads, int) or self.threads < 0):
+        if not isinstance(self.threads, int) or self.threads < 0:
             raise ValueError(f"threads must be 0 (TF's default) or a positive integer, got {self.threads!r}")
         if self.learning_rate is not None and not self.learning_rate > 0:
             raise ValueError(f"learning_rate must be positive, got {self.learning_rate!r}")
-        for name, allowed in (("source", data.SOURCES), ("model", MODELS), ("optimizer", OPTIMIZERS)):
+        for name, allowed in (("source", data.SOURCES), ("model", configs.MODELS), ("optimizer", configs.OPTIMIZERS)):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
         if not pathlib.Path(self.raw_dir).is_dir():
             raise data.DataError(f"raw_dir {self.raw_dir} does not exist or is not a folder")
         if self.export_dir:
             export.check_writable(self.export_dir)
-
-
-def _cluster_size():
-    cluster = json.loads(os.environ.get("TF_CONFIG") or "{}").get("cluster", {})
-    return sum(len(cluster.get(role, [])) for role in ("chief", "worker"))
-
-
-def choose_strategy():
-    """The tf.distribute strategy for what is present: a TF_CONFIG cluster, a TPU, GPUs, else the CPU."""
-    if _cluster_size() > 1:
-        return tf.distribute.MultiWorkerMirroredStrategy()
-    # Only look for a TPU where one is configured: the resolver otherwise queries a metadata server.
-    if os.environ.get("TPU_NAME") or pathlib.Path("/dev/accel0").exists():
-        resolver = tf.distribute.cluster_resolver.TPUClusterResolver(tpu=os.environ.get("TPU_NAME", ""))
-        tf.config.experimental_connect_to_cluster(resolver)
-        tf.tpu.experimental.initialize_tpu_system(resolver)
-        return tf.distribute.TPUStrategy(resolver)
-    gpus = tf.config.list_logical_devices("GPU")
-    if len(gpus) > 1:
-        return tf.distribute.MirroredStrategy([d.name for d in gpus])
-    if gpus:
-        return tf.distribute.OneDeviceStrategy(gpus[0].name)
-    return tf.distribute.get_strategy()
-
-
-def configure_threads(threads):
-    """Size TF's intra- and inter-op thread pools (0 keeps TF's default); False if TF already started.
-
-    TF fixes its pools when its runtime starts, so this must run before any TF op.
-    """
-    if not threads:
-        return True
-    try:
-        tf.config.threading.set_intra_op_parallelism_threads(threads)
-        tf.config.threading.set_inter_op_parallelism_threads(threads)
-    except RuntimeError:
-        logging.info("TF already started: thread pools stay as they are")
-        return False
-    return True
-
-
-def strategy_devices(strategy):
-    """Names of the devices ``strategy`` computes on."""
-    if strategy is tf.distribute.get_strategy():
-        # The default strategy places ops as TF does outside any strategy: the first device listed.
-        return [tf.config.list_logical_devices()[0].name]
-    return list(strategy.extended.worker_devices)
-
-
-def is_chief(strategy):
-    """True on the one worker that exports and writes figures (always, outside a cluster)."""
-    resolver = getattr(strategy, "cluster_resolver", None)
-    if resolver is None or not resolver.task_type:
-        return True
-    has_chief = "chief" in resolver.cluster_spec().as_dict()
-    return resolver.task_type == "chief" or (not has_chief and resolver.task_type == "worker" and resolver.task_id == 0)
 
 
 def make_deterministic(seed):
@@ -217,48 +170,6 @@ def _epoch_dataset_fn(images, labels, batch_size, seed, epoch, replicas, shard):
     return dataset_fn
 
 
-class _Checkpoints:
-    """Resume state under ``workdir``: model, optimizer, epoch (tf.train.CheckpointManager), and history.
-
-    The history JSON is written before each checkpoint, so after a kill it is never behind the
-    checkpoint; on restore it is cut to the restored epoch. Workers other than the chief write to a
-    temporary folder, removed at the end (tf.distribute's multi-worker saving pattern).
-    """
-
-    def __init__(self, workdir, model, optimizer, chief):
-        self.epoch = tf.Variable(0, dtype=tf.int64, trainable=False)
-        directory = pathlib.Path(workdir) / "checkpoints"
-        self.scratch = None if chief else tempfile.mkdtemp(prefix="fmnist-worker-")
-        self.restore_from = directory
-        save_dir = directory if chief else pathlib.Path(self.scratch)
-        self.history_path = save_dir / "history.json"
-        checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer, epoch=self.epoch)
-        self.manager = tf.train.CheckpointManager(checkpoint, str(save_dir), max_to_keep=2)
-        self.checkpoint = checkpoint
-
-    def restore(self):
-        """Restore the latest checkpoint if any; return (first epoch to run, history so far)."""
-        latest = tf.train.latest_checkpoint(str(self.restore_from))
-        if latest is None:
-            return 0, {k: [] for k in HISTORY_KEYS}
-        self.checkpoint.restore(latest).assert_existing_objects_matched()
-        start = int(self.epoch.numpy())
-        saved = json.loads((self.restore_from / "history.json").read_text())
-        return start, {k: saved[k][:start] for k in HISTORY_KEYS}
-
-    def save(self, epoch, history):
-        self.epoch.assign(epoch)
-        self.history_path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.history_path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(history))
-        os.replace(tmp, self.history_path)
-        self.manager.save()
-
-    def close(self):
-        if self.scratch:
-            shutil.rmtree(self.scratch, ignore_errors=True)
-
-
 def train(model, optimizer, train_arrays, validation_arrays, epochs, batch_size, seed, strategy,
           workdir=None, verbose=True):  # fmt: skip
     """Train ``model`` for ``epochs``; return (Keras-style history dict, this worker's shard figures).
@@ -278,8 +189,8 @@ def train(model, optimizer, train_arrays, validation_arrays, epochs, batch_size,
     else:
         train_epoch = _distributed_epoch_fn(strategy, step, images, labels, batch_size, seed, shard)
     chief = is_chief(strategy)
-    checkpoints = _Checkpoints(workdir, model, optimizer, chief) if workdir else None
-    start, history = checkpoints.restore() if checkpoints else (0, {k: [] for k in HISTORY_KEYS})
+    checkpoints = Checkpoints(workdir, model, optimizer, chief) if workdir else None
+    start, history = checkpoints.restore() if checkpoints else (0, empty_history())
     if start and verbose:
         print(f"Resuming from {workdir} after epoch {start}")
     writer = tf.summary.create_file_writer(str(pathlib.Path(workdir) / "tensorboard")) if workdir and chief else None
@@ -318,7 +229,7 @@ def run(config, datasets=None, strategy=None):
     """
     start = time.perf_counter()
     config.validate()
-    configure_threads(THREADS[config.model] if config.threads is None else config.threads)
+    configure_threads(config.threads)
     strategy = strategy or choose_strategy()
     devices = strategy_devices(strategy)
     logging.info("strategy %s on %s", type(strategy).__name__, devices)

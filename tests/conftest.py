@@ -2,6 +2,7 @@
 
 import gzip
 import os
+import pathlib
 import re
 import shutil
 import struct
@@ -14,7 +15,7 @@ import pytest  # noqa: E402
 
 from fmnist_tf import data  # noqa: E402
 
-REPO = data.DEFAULT_RAW_DIR.parent.parent
+REPO = pathlib.Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(scope="session")

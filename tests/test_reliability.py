@@ -216,7 +216,7 @@ def test_interrupted_tfds_prepare_does_not_break_the_next_run(tmp_path):
 
 
 def test_nothing_uses_pickle():
-    sources = [*pathlib.Path(REPO, "fmnist_tf").glob("*.py"), *pathlib.Path(REPO, "scripts").glob("*.py")]
+    sources = [*pathlib.Path(REPO, "fmnist_tf").rglob("*.py"), *pathlib.Path(REPO, "scripts").glob("*.py")]
     for path in sources:
         text = path.read_text()
         for word in ("pickle", "joblib.dump", "joblib.load", "allow_pickle", "np.load(", "dill"):

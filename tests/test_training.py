@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from fmnist_tf import data, export, training
+from fmnist_tf import data, distribute, export, training
 
 
 def _config(tmp_path, **overrides):
@@ -48,7 +48,7 @@ def test_datasets_and_strategy_can_be_injected(tmp_path):
     splits = data.load_splits(seed=0, source="idx")
     small = {name: ds.take(3200) for name, ds in splits.items()}
     strategy = tf.distribute.OneDeviceStrategy("/cpu:0")
-    figures = training.run(_config(tmp_path, export_dir=None), datasets=small, strategy=strategy)
+    figures = training.run(_config(tmp_path, export_dir=""), datasets=small, strategy=strategy)
     assert figures["strategy"] == "OneDeviceStrategy" and figures["export_path"] is None
     assert figures["val_accuracy"] > 0.6  # 100 steps of real data already beat chance (0.1) by far
 
@@ -74,7 +74,7 @@ def test_bad_config_is_rejected_before_any_work(tmp_path, field, value, message)
 
 def test_cpu_machine_gets_the_default_strategy():
     assert not tf.config.list_physical_devices("GPU")
-    assert training.choose_strategy() is tf.distribute.get_strategy()
+    assert distribute.choose_strategy() is tf.distribute.get_strategy()
 
 
 MIRRORED_TWO_CPUS = """
@@ -84,7 +84,7 @@ cpu = tf.config.list_physical_devices("CPU")[0]
 tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
 from fmnist_tf import training
 strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
-config = training.Config(epochs=2, source="idx", export_dir=None, verbose=False)
+config = training.Config(epochs=2, source="idx", export_dir="", verbose=False)
 figures = training.run(config, strategy=strategy)
 print(json.dumps({k: figures[k] for k in ("history", "replicas", "shard", "val_loss")}))
 """
@@ -99,7 +99,7 @@ def test_two_replicas_train_the_same_steps_as_one(tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     mirrored = json.loads(done.stdout.strip().splitlines()[-1])
     assert mirrored["replicas"] == 2 and mirrored["shard"]["examples"] == 2 * 48_000
-    single = training.run(_config(tmp_path, epochs=2, export_dir=None))
+    single = training.run(_config(tmp_path, epochs=2, export_dir=""))
     # The distributed feeder with two half-batches against the in-graph loop with whole batches.
     for key in ("loss", "accuracy", "val_loss", "val_accuracy"):
         np.testing.assert_allclose(mirrored["history"][key], single["history"][key], atol=2e-4)
@@ -110,7 +110,7 @@ def test_workdir_gets_checkpoints_tensorboard_and_learning_curves(tmp_path):
     import matplotlib.image
 
     workdir = tmp_path / "work"
-    figures = training.run(_config(tmp_path, epochs=2, export_dir=None, workdir=str(workdir)))
+    figures = training.run(_config(tmp_path, epochs=2, export_dir="", workdir=str(workdir)))
     curves = matplotlib.image.imread(workdir / training.LEARNING_CURVES_FILE)
     assert curves.shape[0] > 200 and curves[..., :3].std() > 0.05
     assert list((workdir / "tensorboard").glob("events.out.tfevents.*"))

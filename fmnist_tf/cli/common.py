@@ -1,4 +1,6 @@
-"""What every script shares: the data flags, and turning a known failure into one line on stderr."""
+"""What every job shares: the data flags, flag parsing, JSON output, and known failures as one line on stderr.
+
+Imports only absl and TF-free modules: flags must answer before TensorFlow loads."""
 
 import functools
 import json
@@ -8,10 +10,9 @@ import sys
 # TensorFlow's C++ start-up chatter (CUDA probing on a CPU machine) would bury the one-line errors.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from absl import flags, logging  # noqa: E402
+from absl import app, flags, logging  # noqa: E402
 
-from fmnist_tf.data import DEFAULT_RAW_DIR, SOURCES, DataError
-from fmnist_tf.export import ExportError
+from fmnist_tf.data.files import DEFAULT_RAW_DIR, SOURCES
 
 
 def define_data_flags():
@@ -47,9 +48,24 @@ def one_line_errors(main):
             sys.exit(f"error: unexpected arguments {argv[1:]}")
         try:
             return main(argv)
-        except (ValueError, DataError, ExportError, OSError) as e:
+        # DataError is a ValueError and ExportError an OSError: caught without importing their (TF) modules.
+        except (ValueError, OSError) as e:
             if flags.FLAGS.verbosity >= logging.DEBUG:
                 raise
             sys.exit(f"error: {e}")
 
     return wrapper
+
+
+def run(main):
+    """absl's app.run with one-line flag errors, the job's flags shown by ``--help`` whichever door ran it.
+
+    absl's ``--help`` lists the flags of the module named by ``sys.argv[0]``; the flags live in
+    ``fmnist_tf.cli.<job>`` (and the shared ones here), so they are declared key flags of the door.
+    """
+    # absl's --help prints the __main__ module's docstring as the usage: the job's, not the door's.
+    sys.modules["__main__"].__doc__ = sys.modules[main.__module__].__doc__
+    for module in (main.__module__, __name__):
+        for flag in flags.FLAGS.get_key_flags_for_module(module):
+            flags.FLAGS.register_key_flag_for_module(sys.argv[0], flag)
+    app.run(main, flags_parser=parse_flags)

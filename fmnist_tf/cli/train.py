@@ -1,0 +1,67 @@
+"""Train the Fashion-MNIST classifier, evaluate it, export a SavedModel version for TF Serving.
+
+    python scripts/train.py --epochs=5
+"""
+
+from absl import flags
+
+from fmnist_tf import configs
+from fmnist_tf.cli import common
+
+flags.DEFINE_enum("model", "softmax", list(configs.MODELS), f"Which model to train. Defaults per model: {configs.describe_defaults()}.")
+flags.DEFINE_integer("epochs", None, "Passes over the 48,000 training images; default the model's.", lower_bound=1)
+flags.DEFINE_integer("batch_size", None, "Global batch per training step (split across replicas); default the model's.", lower_bound=1)
+flags.DEFINE_enum("optimizer", None, list(configs.OPTIMIZERS), "Keras optimizer; default the model's.")
+flags.DEFINE_float("learning_rate", None, "Optimizer learning rate; default the optimizer's own.", lower_bound=0)
+flags.DEFINE_integer("seed", 42, "Seeds the split, the epoch order and the weight initialisation.")
+common.define_data_flags()
+flags.DEFINE_string(
+    "export_dir", None,
+    f"Base path of the exported versions; default {configs.default_export_dir('softmax')} for softmax, "
+    f"{configs.default_export_dir('softmax')}_<model> for the others; '' skips export.",
+)  # fmt: skip
+flags.DEFINE_string("workdir", None, "Checkpoints (a killed run resumes from here) and TensorBoard logs.")
+flags.DEFINE_string("metrics_json", None, "Write the figures to this JSON file.")
+flags.DEFINE_integer("threads", None, "TF thread pools (0: TF's default); default the model's setting.", lower_bound=0)
+FLAGS = flags.FLAGS
+
+
+@common.one_line_errors
+def main(argv):
+    from fmnist_tf import training
+
+    config = training.Config(
+        epochs=FLAGS.epochs,
+        batch_size=FLAGS.batch_size,
+        optimizer=FLAGS.optimizer,
+        learning_rate=FLAGS.learning_rate,
+        seed=FLAGS.seed,
+        model=FLAGS.model,
+        source=FLAGS.source,
+        raw_dir=FLAGS.raw_dir,
+        tfds_dir=FLAGS.tfds_dir,
+        export_dir=FLAGS.export_dir,
+        workdir=FLAGS.workdir,
+        threads=FLAGS.threads,
+    )
+    figures = training.run(config)
+    print(f"strategy {figures['strategy']} on {', '.join(figures['devices'])}")
+    shard = figures["shard"]
+    if shard.get("input_pipelines", 1) > 1:
+        print(f"input pipeline {shard['input_pipeline']} of {shard['input_pipelines']}: "
+              f"this worker trained on {shard['examples']} examples")  # fmt: skip
+    print(f"validation: loss {figures['val_loss']:.4f}  accuracy {figures['val_accuracy']:.4f}")
+    print(f"test:       loss {figures['test_loss']:.4f}  accuracy {figures['test_accuracy']:.4f}")
+    print(f"fit {figures['fit_seconds']:.1f} s, whole run {figures['seconds']:.1f} s")
+    if figures["export_path"]:
+        print(f"exported {figures['export_path']}")
+    if FLAGS.metrics_json and figures["chief"]:
+        common.write_json(FLAGS.metrics_json, figures)
+
+
+def run():
+    common.run(main)
+
+
+if __name__ == "__main__":
+    run()
