@@ -4,6 +4,8 @@ Each ``bench_*`` function returns a dict of figures; ``scripts/benchmark.py`` pr
 """
 
 import json
+import os
+import pathlib
 import statistics
 import subprocess
 import sys
@@ -14,7 +16,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from fmnist_tf import baseline, data, export, training
+from fmnist_tf import baseline, data, evaluation, export, lite, training
 from fmnist_tf.model import build_model, make_optimizer
 
 EPOCHS, BATCH_SIZE = 5, 32
@@ -174,6 +176,21 @@ def bench_serving(model, test_images):
     }
 
 
+def bench_lite(model, train_images, test_images):
+    """Batch-1 latency of the model's LiteRT float32 and int8 conversions, measured as bench_serving measures
+    the SavedModel signature (same image, calls and warmup)."""
+    figures = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        version = export.export_saved_model(model, f"{tmp}/fashion_mnist")
+        paths, _ = lite.write_models(version, f"{tmp}/lite", lite.representative_images(train_images))
+        one = {lite.INPUT_NAME: test_images[:1]}
+        for kind, path in paths.items():
+            runner = evaluation.load_lite_model(path)
+            p50, p99 = _latencies_ms(lambda: runner(**one), calls=500)
+            figures[f"lite_{kind}_p50_ms_batch1"], figures[f"lite_{kind}_p99_ms_batch1"] = p50, p99
+    return figures
+
+
 def bench_baseline(source="idx", tfds_dir=None):
     """The notebook's cross_validate call against scripts/baseline.py's path: seconds and scores."""
     from sklearn.model_selection import cross_validate
@@ -192,6 +209,111 @@ def bench_baseline(source="idx", tfds_dir=None):
         "baseline_notebook_cv_scores": [float(s) for s in notebook["test_score"]],
         "baseline_package_cv_scores": package["cv_scores"],
     }
+
+
+# The notebook's code as a script: the files loaded as keras.datasets.fashion_mnist.load_data loads them
+# (gzip + np.frombuffer), /255., sklearn's split, the one-layer model, compile, fit, evaluate on the test set.
+# verbose=0: the notebook printed progress bars, which would only add time to its side.
+NOTEBOOK_SCRIPT = """
+import gzip, json, sys, time
+import numpy as np
+import tensorflow as tf
+from tensorflow import keras
+from sklearn.model_selection import train_test_split
+
+
+def load_data(folder):
+    def read(name, offset):
+        with gzip.open(f"{folder}/{name}", "rb") as f:
+            return np.frombuffer(f.read(), np.uint8, offset=offset)
+
+    y_train, y_test = read("train-labels-idx1-ubyte.gz", 8), read("t10k-labels-idx1-ubyte.gz", 8)
+    x_train = read("train-images-idx3-ubyte.gz", 16).reshape(len(y_train), 28, 28)
+    x_test = read("t10k-images-idx3-ubyte.gz", 16).reshape(len(y_test), 28, 28)
+    return (x_train, y_train), (x_test, y_test)
+
+
+(X_train_full, y_train_full), (X_test, y_test) = load_data(sys.argv[1])
+X_train_full, X_test = X_train_full.reshape(-1, 784) / 255.0, X_test.reshape(-1, 784) / 255.0
+X_train, X_valid, y_train, y_valid = train_test_split(X_train_full, y_train_full, test_size=0.2, random_state=42)
+model = keras.Sequential([keras.layers.Dense(10, activation="softmax")])
+model.compile(loss="sparse_categorical_crossentropy", optimizer="rmsprop", metrics=["accuracy"])
+began = time.perf_counter()
+history = model.fit(X_train, y_train, epochs=5, batch_size=32, validation_data=(X_valid, y_valid), verbose=0)
+fit_seconds = time.perf_counter() - began
+test_loss, test_accuracy = model.evaluate(X_test, y_test, verbose=0)
+print(json.dumps({"fit_seconds": fit_seconds, "val_accuracy": history.history["val_accuracy"][-1],
+                  "test_accuracy": test_accuracy}))
+"""
+# The main job as a user runs it: the door scripts/train.py is these two lines (and absent from a non-editable install).
+TRAIN_JOB = "from fmnist_tf.cli import train; train.run()"
+
+
+def _timed_process(command, **kwargs):
+    """(wall seconds, CompletedProcess) of one fresh process; RuntimeError with its stderr's end if it fails."""
+    began = time.perf_counter()
+    done = subprocess.run(command, capture_output=True, text=True, **kwargs)
+    seconds = time.perf_counter() - began
+    if done.returncode:
+        raise RuntimeError(f"{command[:3]} failed ({done.returncode}): {done.stderr.strip()[-2000:]}")
+    return seconds, done
+
+
+def run_notebook_script(raw_dir=data.DEFAULT_RAW_DIR):
+    """The notebook's code in a fresh Python process: (wall seconds, its figures: fit_seconds, accuracies)."""
+    seconds, done = _timed_process([sys.executable, "-c", NOTEBOOK_SCRIPT, str(raw_dir)])
+    return seconds, json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def run_train_job(workdir, tfds_dir=None, epochs=EPOCHS):
+    """``train.py --epochs=5`` (defaults: TFDS source, softmax) in a fresh process exporting under ``workdir``:
+    (wall seconds, its --metrics_json figures)."""
+    metrics = pathlib.Path(workdir) / "metrics.json"
+    flags_ = [f"--epochs={epochs}", f"--export_dir={pathlib.Path(workdir) / 'fashion_mnist'}", f"--metrics_json={metrics}"]
+    if tfds_dir:
+        flags_.append(f"--tfds_dir={tfds_dir}")
+    seconds, _ = _timed_process([sys.executable, "-c", TRAIN_JOB, *flags_], cwd=workdir)
+    return seconds, json.loads(metrics.read_text())
+
+
+def bench_whole_process(repeats, tfds_dir=None):
+    """What a user feels: whole-process wall time of the main job against the notebook's code run as a script,
+    fresh processes interleaved (notebook, package, notebook, ...), after one untimed run of each (TFDS
+    prepared, its array cache made, files in the page cache); and each side's first fit in its fresh process.
+    """
+    notebook, package = [], []
+    with tempfile.TemporaryDirectory() as tmp:
+        run_notebook_script()
+        run_train_job(tmp, tfds_dir)
+        load_before = os.getloadavg()[0]
+        for _ in range(repeats):
+            notebook.append(run_notebook_script())
+            package.append(run_train_job(tmp, tfds_dir))
+    nb_wall, pk_wall = summary([s for s, _ in notebook]), summary([s for s, _ in package])
+    nb_fit, pk_fit = summary([f["fit_seconds"] for _, f in notebook]), summary([f["fit_seconds"] for _, f in package])
+    return {
+        "whole_process_seconds_notebook": nb_wall,
+        "whole_process_seconds_package": pk_wall,
+        "whole_process_speedup": nb_wall["median"] / pk_wall["median"],
+        "cold_fit_seconds_notebook": nb_fit,
+        "cold_fit_seconds_package": pk_fit,
+        "cold_fit_speedup": nb_fit["median"] / pk_fit["median"],
+        "whole_process_val_accuracy_notebook": summary([f["val_accuracy"] for _, f in notebook]),
+        "whole_process_val_accuracy_package": summary([f["val_accuracy"] for _, f in package]),
+        "whole_process_load_average": [load_before, os.getloadavg()[0]],
+    }
+
+
+def bench_first_run(repeats):
+    """The main job on a fresh machine: ``train.py --epochs=5`` with an empty HOME (so TFDS prepares
+    ``fashion_mnist`` into it from the shipped files, and the array cache is made), timed as a whole process."""
+    seconds = []
+    for _ in range(repeats):
+        with tempfile.TemporaryDirectory() as home:
+            env = {k: v for k, v in os.environ.items() if k not in ("TFDS_DATA_DIR", "XDG_CACHE_HOME")}
+            env["HOME"] = home
+            seconds.append(_timed_process([sys.executable, "-c", TRAIN_JOB, f"--epochs={EPOCHS}"], cwd=home, env=env)[0])
+    return {"first_run_seconds": summary(seconds)}
 
 
 COLD_START = """

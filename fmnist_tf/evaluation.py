@@ -2,31 +2,38 @@
 
 The model is loaded with ``tf.saved_model.load`` and called through its ``serving_default`` signature,
 never through this package's Keras code: the report describes the artifact that is served.
+A LiteRT model (a ``.tflite`` file, see ``lite``) is scored the same way through the LiteRT interpreter.
 """
 
-import json
+import os
 import pathlib
 
 import numpy as np
 import tensorflow as tf
+from ai_edge_litert.interpreter import Interpreter
 from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 
-from fmnist_tf import data, export, plots
+from fmnist_tf import data, export, plots, storage
 
 REPORT_FILE = "report.json"
 CONFUSION_MATRIX_FILE = "confusion_matrix.png"
 MISTAKES_FILE = "mistakes.png"
 TOP_CONFUSED = 5
+LITE_SUFFIX = ".tflite"
+LITE_OUTPUT = "probabilities"  # a LiteRT model's serving_default returns only these (names: labels.txt)
 
 
 class ModelDirError(ValueError):
-    """The model path holds no SavedModel with a serving_default signature."""
+    """The model path holds no SavedModel (or LiteRT model) with a serving_default signature."""
 
 
 def resolve_version(model_dir):
-    """The SavedModel folder to score: ``model_dir`` itself, or its highest integer version (TF Serving's pick)."""
-    path = pathlib.Path(model_dir)
-    if not path.is_dir():
+    """The SavedModel folder to score: ``model_dir`` itself, or its highest integer version (TF Serving's pick).
+
+    ``model_dir`` may be a local folder or a gs://, s3:// or ram:// URL (kept a string: pathlib folds "//").
+    """
+    path = pathlib.Path(model_dir) if storage.is_local(model_dir) else str(model_dir).rstrip("/")
+    if not tf.io.gfile.isdir(str(path)):
         raise ModelDirError(f"model dir {path} does not exist or is not a folder")
     if tf.saved_model.contains_saved_model(str(path)):
         return path
@@ -63,6 +70,35 @@ def predict_classes(signature, images, batch_size=1_000):
     input_name = export.SIGNATURE_INPUTS[export.SERVING_DEFAULT]
     batches = (
         signature(**{input_name: tf.constant(images[start : start + batch_size])})["class_id"].numpy()
+        for start in range(0, len(images), batch_size)
+    )
+    return np.concatenate(list(batches)).astype(np.int64)
+
+
+def load_lite_model(path):
+    """The serving_default signature runner of the LiteRT model at ``path`` (a .tflite file from ``lite``)."""
+    path = pathlib.Path(path)
+    if not path.is_file():
+        raise ModelDirError(f"LiteRT model {path} does not exist or is not a file")
+    try:
+        interpreter = Interpreter(model_path=str(path))
+    except (ValueError, RuntimeError) as e:
+        raise ModelDirError(f"{path}: not a LiteRT model: {str(e).strip().splitlines()[0]}") from e
+    signatures = interpreter.get_signature_list()
+    expected = {"inputs": [export.SIGNATURE_INPUTS[export.SERVING_DEFAULT]], "outputs": [LITE_OUTPUT]}
+    if signatures.get(export.SERVING_DEFAULT) != expected:
+        raise ModelDirError(
+            f"{path}: expected a {export.SERVING_DEFAULT} signature {expected}, found {signatures or 'none'}"
+        )
+    return interpreter.get_signature_runner(export.SERVING_DEFAULT)
+
+
+def predict_lite_classes(runner, images, batch_size=1_000):
+    """The argmax class of the LiteRT signature ``runner``'s probabilities for each uint8 [n, 28, 28] image."""
+    input_name = export.SIGNATURE_INPUTS[export.SERVING_DEFAULT]
+    # The runner resizes its input to each batch (the last may be shorter).
+    batches = (
+        np.argmax(runner(**{input_name: images[start : start + batch_size]})[LITE_OUTPUT], axis=-1)
         for start in range(0, len(images), batch_size)
     )
     return np.concatenate(list(batches)).astype(np.int64)
@@ -128,10 +164,31 @@ def evaluate_saved_model(model_dir, out_dir, source="tfds", raw_dir=data.DEFAULT
     version, signature = load_serving_default(model_dir)
     images, labels = data.load_arrays("test", source, raw_dir, tfds_dir)
     predictions = predict_classes(signature, images)
-    report = {"model_path": str(version), **metrics_report(labels, predictions)}
-    out_dir = pathlib.Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / REPORT_FILE).write_text(json.dumps(report, indent=2) + "\n")
-    plots.save_confusion_matrix(out_dir / CONFUSION_MATRIX_FILE, report["confusion_matrix"])
-    save_mistakes(out_dir / MISTAKES_FILE, images, labels, predictions, mistakes)
+    return write_report(out_dir, version, images, labels, predictions, mistakes)
+
+
+def evaluate_lite_model(path, out_dir, source="tfds", raw_dir=data.DEFAULT_RAW_DIR, tfds_dir=None, mistakes=20):
+    """Score the LiteRT model at ``path`` (a .tflite file) through the LiteRT interpreter, as
+    ``evaluate_saved_model`` scores an export: the same files and report dict."""
+    runner = load_lite_model(path)
+    images, labels = data.load_arrays("test", source, raw_dir, tfds_dir)
+    predictions = predict_lite_classes(runner, images)
+    return write_report(out_dir, path, images, labels, predictions, mistakes)
+
+
+def evaluate_model(path, out_dir, source="tfds", raw_dir=data.DEFAULT_RAW_DIR, tfds_dir=None, mistakes=20):
+    """``evaluate_lite_model`` for a path ending in .tflite, else ``evaluate_saved_model``."""
+    evaluate = evaluate_lite_model if pathlib.Path(path).suffix == LITE_SUFFIX else evaluate_saved_model
+    return evaluate(path, out_dir, source, raw_dir, tfds_dir, mistakes)
+
+
+def write_report(out_dir, model_path, images, labels, predictions, mistakes):
+    """Write report.json, confusion_matrix.png and mistakes.png of ``predictions`` to ``out_dir``; return the report."""
+    report = {"model_path": str(model_path), **metrics_report(labels, predictions)}
+    # Through TF's file layer: ``out_dir`` may be a local folder or a gs://, s3:// or ram:// URL.
+    out_dir = str(out_dir)
+    tf.io.gfile.makedirs(out_dir)
+    storage.write_json(os.path.join(out_dir, REPORT_FILE), report)
+    plots.save_confusion_matrix(os.path.join(out_dir, CONFUSION_MATRIX_FILE), report["confusion_matrix"])
+    save_mistakes(os.path.join(out_dir, MISTAKES_FILE), images, labels, predictions, mistakes)
     return report

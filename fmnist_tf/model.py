@@ -5,9 +5,42 @@ pipelines and the three serving signatures are the same whichever model is train
 """
 
 import keras
+import tensorflow as tf
 
 from fmnist_tf.configs import MODELS, OPTIMIZERS
 from fmnist_tf.data.files import IMAGE_SHAPE, NUM_CLASSES, NUM_PIXELS
+
+
+@keras.saving.register_keras_serializable(package="fmnist_tf")
+class ReplicaDropout(keras.layers.Dropout):
+    """Keras's Dropout, except that the replicas of a tf.distribute strategy draw one machine's mask.
+
+    With N replicas, each step's global batch is cut into N equal slices, replica r taking slice r
+    (``data.epoch_batches``). Keras's Dropout draws a mask of the slice's shape from its seed generator,
+    whose state is mirrored: every replica would draw the same mask. Here each replica draws the mask
+    one machine draws for the whole global batch (same seed state, same shape, Keras's own sampler) and
+    keeps its slice's rows, so N replicas drop exactly the units one machine drops. With one replica
+    (or outside training) it is Keras's Dropout, bit for bit.
+    """
+
+    def __init__(self, rate, **kwargs):
+        if kwargs.get("noise_shape") is not None:
+            raise ValueError("ReplicaDropout takes no noise_shape: its mask is cut by rows")
+        super().__init__(rate, **kwargs)
+
+    def call(self, inputs, training=False):
+        context = tf.distribute.get_replica_context()
+        replicas = context.num_replicas_in_sync if context else 1
+        if not training or replicas == 1 or self.rate == 0:
+            return super().call(inputs, training=training)
+        rows = tf.shape(inputs)[0]
+        whole_batch = tf.concat([[rows * replicas], tf.shape(inputs)[1:]], axis=0)
+        # Keras's dropout of ones: its seed handling and sampler, its mask (0 where a unit is dropped).
+        kept = keras.random.dropout(tf.ones(whole_batch, inputs.dtype), self.rate, seed=self.seed_generator) > 0
+        first = tf.cast(context.replica_id_in_sync_group, tf.int32) * rows
+        # As tf.nn.experimental.stateless_dropout computes it: where(kept, x * 1/(1 - rate), 0).
+        scale = tf.constant(1 / (1 - self.rate), inputs.dtype)
+        return tf.where(kept[first : first + rows], inputs * scale, tf.zeros((), inputs.dtype))
 
 
 def _softmax_layers():
@@ -15,7 +48,7 @@ def _softmax_layers():
 
 
 def _mlp_layers():
-    return [keras.layers.Dense(100, activation="relu"), keras.layers.Dropout(0.2)]
+    return [keras.layers.Dense(100, activation="relu"), ReplicaDropout(0.2)]
 
 
 def _cnn_layers():
@@ -28,7 +61,7 @@ def _cnn_layers():
         keras.layers.MaxPooling2D(),
         keras.layers.Flatten(),
         keras.layers.Dense(128, activation="relu"),
-        keras.layers.Dropout(0.5),
+        ReplicaDropout(0.5),
     ]
 
 

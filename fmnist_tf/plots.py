@@ -5,6 +5,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (after choosing the backend)
 import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from fmnist_tf.data import CLASS_NAMES, NUM_CLASSES  # noqa: E402
@@ -14,7 +15,9 @@ DPI = 100
 
 def _save(fig, path):
     fig.tight_layout()
-    fig.savefig(path, dpi=DPI)
+    # Through TensorFlow's file layer: ``path`` may be a local file or a gs://, s3:// or ram:// URL.
+    with tf.io.gfile.GFile(str(path), "wb") as f:
+        fig.savefig(f, format="png", dpi=DPI)
     plt.close(fig)
     return path
 
@@ -62,7 +65,7 @@ def save_learning_curves(path, history):
         ax.plot(epochs, history[metric], "o-", label="train")
         ax.plot(epochs, history[f"val_{metric}"], "o-", label="validation")
         ax.set_xlabel("epoch")
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
         ax.set_title(metric)
         ax.legend()
     return _save(fig, path)

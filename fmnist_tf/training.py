@@ -1,12 +1,17 @@
 """Train, evaluate and export: ``run(config) -> dict of figures``. No flag parsing here.
 
-One training step (Keras model, Keras optimizer) serves every ``tf.distribute`` strategy: with one replica
-it runs as one in-graph loop per epoch, with several as ``strategy.run`` over a distributed dataset. Not
+One training step (Keras model, Keras optimizer) serves every ``tf.distribute`` strategy: under the default
+strategy and OneDeviceStrategy it runs as one in-graph loop per epoch, under any other (even with one
+replica) as ``strategy.run`` over a distributed dataset. Not
 ``model.fit``: Keras 3's ``fit`` fails under MultiWorkerMirroredStrategy (keras-team/keras#20585), and this
 loop is also several times faster on CPU (BUILD_NOTES.md has the figures).
 """
 
+import contextlib
 import dataclasses
+import hashlib
+import json
+import os
 import pathlib
 import shutil
 import tempfile
@@ -15,11 +20,19 @@ import time
 import keras
 import numpy as np
 import tensorflow as tf
-from absl import logging
 
-from fmnist_tf import configs, data, export, plots
-from fmnist_tf.checkpoints import HISTORY_KEYS, Checkpoints, empty_history
-from fmnist_tf.distribute import choose_strategy, configure_threads, is_chief, strategy_devices
+from fmnist_tf import configs, data, export
+from fmnist_tf.checkpoints import HISTORY_KEYS, Checkpoints, Workdir, empty_history
+from fmnist_tf.distribute import (
+    agree_across_workers,
+    choose_strategy,
+    configure_threads,
+    is_chief,
+    runs_in_graph_loop,
+    strategy_devices,
+    strategy_name,
+    worker_count,
+)
 from fmnist_tf.model import build_model, make_optimizer
 
 LEARNING_CURVES_FILE = "learning_curves.png"
@@ -132,27 +145,34 @@ def _distributed_epoch_fn(strategy, step, images, labels, batch_size, seed, shar
 
 
 def _in_graph_epoch_fn(strategy, step, images, labels, batch_size, seed):
-    """epoch -> (global [loss sum, correct, count], examples trained on), for a single replica.
+    """epoch -> (global [loss sum, correct, count], examples trained on), for the default strategy or
+    OneDeviceStrategy (``runs_in_graph_loop``).
 
-    The same steps as the distributed loop, but the whole epoch is one gathered tensor and one
-    tf.while_loop: no per-step iterator round trip, which was most of the time per step on CPU
-    (BUILD_NOTES.md). Several replicas cannot use it: their gradient all-reduce cannot sit in a loop.
+    The same steps as the distributed loop, but the whole epoch is one tf.while_loop over its batches of
+    example indices: no per-step iterator round trip, which was most of the time per step on CPU
+    (BUILD_NOTES.md). Other strategies cannot use it: their gradient all-reduce (a merge_call, even
+    with one replica) cannot sit in a loop.
     """
 
-    def steps(x, y):
+    def steps(batches):
+        # Each step gathers and normalizes its own 32 examples: materializing the epoch's 150 MB of floats
+        # first cost more than the steps themselves on one CPU thread (BUILD_NOTES.md, issue 12). Same bits.
         def body(i, totals):
-            return i + 1, totals + step(x[i], y[i])
+            index = batches[i]
+            return i + 1, totals + step(data.normalize(tf.gather(images, index)), tf.gather(labels, index))
 
-        return tf.while_loop(lambda i, _: i < tf.shape(x)[0], body, (tf.constant(0), tf.zeros([3])))[1]
+        return tf.while_loop(lambda i, _: i < tf.shape(batches)[0], body, (tf.constant(0), tf.zeros([3])))[1]
 
-    @tf.function
-    def run_steps(x, y):
-        return strategy.run(steps, args=(x, y))
+    # No Python control flow on tensors here (the loop is an explicit tf.while_loop): autograph's source
+    # conversion would only add tracing time to the first epoch (0.3 s of CPU here).
+    @tf.function(autograph=False)
+    def run_steps(batches):
+        return strategy.run(steps, args=(batches,))
 
     def train_epoch(epoch):
         totals = tf.zeros([3])
-        for x, y in data.epoch_tensors(images, labels, batch_size, seed, epoch):
-            totals += run_steps(x, y)
+        for batches in data.epoch_index_batches(int(labels.shape[0]), batch_size, seed, epoch):
+            totals += run_steps(batches)
         return totals, totals[2]
 
     return train_epoch
@@ -170,12 +190,40 @@ def _epoch_dataset_fn(images, labels, batch_size, seed, epoch, replicas, shard):
     return dataset_fn
 
 
+def fingerprint(*parts):
+    """A 48-bit integer of NumPy arrays and JSON-able values: equal parts, equal numbers; different parts
+    differ but for a 2^-48 chance."""
+    digest = hashlib.sha256()
+    for part in parts:
+        if isinstance(part, np.ndarray):
+            digest.update(np.ascontiguousarray(part).tobytes())
+        else:
+            digest.update(json.dumps(part, sort_keys=True, default=str).encode())
+    return int(digest.hexdigest()[:12], 16)
+
+
+def _check_workers_agree(strategy, train_arrays, start, model, optimizer, epochs, batch_size, seed):
+    """Every worker of a cluster trains the same steps on the same data from the same epoch, or all stop
+    saying why: a worker that went its own way would leave the others waiting in a collective."""
+    # The optimizer's config but its name, which Keras numbers per process (adam, adam_1, ...).
+    optimizer_config = {k: v for k, v in optimizer.get_config().items() if k != "name"}
+    steps_settings = [model.name, type(optimizer).__name__, optimizer_config, epochs, batch_size, seed]
+    agree_across_workers(strategy, [
+        ("the training data's fingerprint", fingerprint(*train_arrays),
+         "give every worker the same --source, --seed and data files"),
+        ("the epoch to resume after", start,
+         "give every worker one --workdir that all of them reach (a shared folder or a bucket)"),
+        ("the training settings' fingerprint", fingerprint(steps_settings), "give every worker the same flags"),
+    ])  # fmt: skip
+
+
 def train(model, optimizer, train_arrays, validation_arrays, epochs, batch_size, seed, strategy,
-          workdir=None, verbose=True):  # fmt: skip
+          workdir=None, verbose=True, after_epoch=None):  # fmt: skip
     """Train ``model`` for ``epochs``; return (Keras-style history dict, this worker's shard figures).
 
     With ``workdir``, a run killed at any point and started again resumes after its last completed
-    epoch and ends with the same weights as an uninterrupted run.
+    epoch and ends with the same weights as an uninterrupted run. ``after_epoch(epoch)`` is called once
+    each epoch's checkpoint is written.
     """
     images, labels = (tf.constant(a) for a in train_arrays)
     replicas = strategy.num_replicas_in_sync
@@ -184,16 +232,20 @@ def train(model, optimizer, train_arrays, validation_arrays, epochs, batch_size,
         optimizer.build(model.trainable_variables)
     step = _step_fn(model, optimizer, replicas)
     shard = {"input_pipeline": 0, "input_pipelines": 1, "examples": 0}
-    if replicas == 1:
+    if runs_in_graph_loop(strategy):
         train_epoch = _in_graph_epoch_fn(strategy, step, images, labels, batch_size, seed)
     else:
         train_epoch = _distributed_epoch_fn(strategy, step, images, labels, batch_size, seed, shard)
     chief = is_chief(strategy)
     checkpoints = Checkpoints(workdir, model, optimizer, chief) if workdir else None
     start, history = checkpoints.restore() if checkpoints else (0, empty_history())
-    if start and verbose:
+    if worker_count(strategy) > 1:
+        _check_workers_agree(strategy, train_arrays, start, model, optimizer, epochs, batch_size, seed)
+    if start >= epochs and verbose:
+        print(f"Run in {workdir} finished all {start} epochs before: nothing to train")
+    elif start and verbose:
         print(f"Resuming from {workdir} after epoch {start}")
-    writer = tf.summary.create_file_writer(str(pathlib.Path(workdir) / "tensorboard")) if workdir and chief else None
+    writer = tf.summary.create_file_writer(os.path.join(workdir, "tensorboard")) if workdir and chief else None
     steps = -(-len(train_arrays[1]) // batch_size)
     try:
         for epoch in range(start, epochs):
@@ -215,6 +267,8 @@ def train(model, optimizer, train_arrays, validation_arrays, epochs, batch_size,
                         tf.summary.scalar(key, value)
             if checkpoints:
                 checkpoints.save(epoch + 1, history)
+            if after_epoch:
+                after_epoch(epoch + 1)
     finally:
         if checkpoints:
             checkpoints.close()
@@ -225,14 +279,32 @@ def run(config, datasets=None, strategy=None):
     """Train ``config.model``, evaluate on validation and test, export; return a dict of figures.
 
     ``datasets`` (dict of raw train/validation/test Datasets) and ``strategy`` replace the defaults,
-    for tests and for callers with their own data or cluster.
+    for tests and for callers with their own data or cluster. With ``config.workdir``, the workdir's
+    recorded settings are checked and its lock taken before any data is read (``checkpoints.Workdir``).
     """
     start = time.perf_counter()
     config.validate()
     configure_threads(config.threads)
     strategy = strategy or choose_strategy()
+    chief = is_chief(strategy)
+    workdir = Workdir(config.workdir) if config.workdir else None
+    # Only the chief writes to the workdir; the other workers of a cluster read its checkpoints.
+    with workdir.lock() if workdir and chief else contextlib.nullcontext():
+        figures = _run(config, datasets, strategy, chief, workdir)
+    figures["seconds"] = time.perf_counter() - start
+    return figures
+
+
+def _run(config, datasets, strategy, chief, workdir):
+    settings = dataclasses.asdict(config)
+    finished = False
+    if workdir:
+        finished = workdir.check(settings, config.epochs) == config.epochs
+        if chief:
+            workdir.record(settings)
     devices = strategy_devices(strategy)
-    logging.info("strategy %s on %s", type(strategy).__name__, devices)
+    if config.verbose:
+        print(f"strategy {strategy_name(strategy)} on {', '.join(devices)}")
     if datasets is None:
         arrays = data.load_split_arrays(config.seed, config.source, config.raw_dir, config.tfds_dir)
     else:
@@ -243,9 +315,10 @@ def run(config, datasets=None, strategy=None):
         model = build_model(config.model)
         optimizer = make_optimizer(config.optimizer, config.learning_rate)
 
+    refresh_lock = (lambda _: workdir.refresh_lock()) if workdir and chief else None
     fit_start = time.perf_counter()
     history, shard = train(model, optimizer, arrays["train"], arrays["validation"], config.epochs, config.batch_size,
-                    config.seed, strategy, config.workdir, config.verbose)  # fmt: skip
+                           config.seed, strategy, config.workdir, config.verbose, refresh_lock)  # fmt: skip
     fit_seconds = time.perf_counter() - fit_start
     # The last epoch evaluated these weights on validation already (or, resumed, its checkpoint did).
     val_loss, val_accuracy = history["val_loss"][-1], history["val_accuracy"][-1]
@@ -258,31 +331,44 @@ def run(config, datasets=None, strategy=None):
         "test_loss": test_loss,
         "history": history,
         "fit_seconds": fit_seconds,
-        "strategy": type(strategy).__name__,
+        "strategy": strategy_name(strategy),
         "replicas": strategy.num_replicas_in_sync,
         "devices": devices,
-        "chief": is_chief(strategy),
+        "chief": chief,
         "shard": shard,
-        "config": dataclasses.asdict(config),
+        "config": settings,
         "export_path": None,
+        "exported_before": False,
     }
-    if config.workdir and figures["chief"]:
-        plots.save_learning_curves(pathlib.Path(config.workdir) / LEARNING_CURVES_FILE, history)
+    if workdir and chief:
+        from fmnist_tf import plots  # matplotlib: only runs with a workdir draw, so only they import it
+
+        plots.save_learning_curves(os.path.join(config.workdir, LEARNING_CURVES_FILE), history)
     if config.export_dir:
-        figures["export_path"] = _export(model, config.export_dir, arrays["test"][0][:WARMUP_EXAMPLES], figures["chief"])
-    figures["seconds"] = time.perf_counter() - start
+        # A finished run started again trains nothing: the version it exported is still its result.
+        previous = workdir.previous_export(config.export_dir) if finished else None
+        if previous:
+            figures["export_path"], figures["exported_before"] = previous, True
+        else:
+            provenance = export.training_provenance(figures["config"], figures)
+            figures["export_path"] = _export(
+                model, config.export_dir, arrays["test"][0][:WARMUP_EXAMPLES], chief, provenance
+            )
+            if workdir and chief:
+                workdir.record_export(config.export_dir, figures["export_path"])
     return figures
 
 
-def _export(model, export_dir, warmup_images, chief):
+def _export(model, export_dir, warmup_images, chief, provenance):
     """Export a version from the chief; other workers export to a scratch folder and delete it."""
     if chief:
-        path = export.export_saved_model(model, export_dir, warmup_images=warmup_images)
-        export.write_model_config(pathlib.Path(export_dir).parent / "models.config", export_dir)
+        path = export.export_saved_model(model, export_dir, warmup_images=warmup_images, provenance=provenance)
+        config_path = os.path.join(os.path.dirname(export_dir.rstrip("/")), export.MODEL_CONFIG_FILE)
+        export.write_model_config(config_path, export_dir)
         return str(path)
     scratch = tempfile.mkdtemp(prefix="fmnist-worker-export-")
     try:
-        export.export_saved_model(model, pathlib.Path(scratch) / pathlib.Path(export_dir).name)
+        export.export_saved_model(model, os.path.join(scratch, os.path.basename(export_dir.rstrip("/"))))
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     return None

@@ -20,10 +20,28 @@ REPO = pathlib.Path(__file__).resolve().parent.parent
 
 @pytest.fixture(scope="session")
 def tfds_dir(tmp_path_factory):
-    """A TFDS data dir with fashion_mnist prepared offline from the shipped files."""
+    """A TFDS data dir with fashion_mnist prepared offline from the shipped files, and its array cache."""
     path = tmp_path_factory.mktemp("tfds")
-    data.prepare_tfds(data.DEFAULT_RAW_DIR, str(path))
+    data.cache_tfds_arrays(data.DEFAULT_RAW_DIR, str(path))
     return str(path)
+
+
+@pytest.fixture(scope="session")
+def tfds_reference(tfds_dir):
+    """{split: (images, labels)} as TFDS itself decodes its prepared files, streamed: the source of truth."""
+    return {split: data.to_numpy(data.load_split(split, "tfds", tfds_dir=tfds_dir)) for split in data.RAW_FILES}
+
+
+@pytest.fixture(scope="session")
+def one_epoch_run(tmp_path_factory):
+    """The main job's ``training.run`` for one epoch on the IDX source (seed 42), exported once per session:
+    (folder holding ``fashion_mnist/1`` and ``models.config``, the run's figures). Shared by several modules:
+    copy the export before changing anything in it."""
+    from fmnist_tf import training
+
+    folder = tmp_path_factory.mktemp("one_epoch_run")
+    config = training.Config(epochs=1, source="idx", export_dir=str(folder / "fashion_mnist"), verbose=False)
+    return folder, training.run(config)
 
 
 @pytest.fixture
@@ -50,12 +68,12 @@ def script_command(name, *args):
     return [sys.executable, str(REPO / "scripts" / name), *args]
 
 
-def run_script(name, *args, timeout=600):
-    """Run scripts/<name> as a user would; return the CompletedProcess."""
+def run_script(name, *args, timeout=600, cwd=REPO, env=None):
+    """Run scripts/<name> as a user would (from ``cwd``, with ``env`` if given); return the CompletedProcess."""
     import subprocess
 
     return subprocess.run(
-        script_command(name, *args), capture_output=True, text=True, timeout=timeout, cwd=REPO
+        script_command(name, *args), capture_output=True, text=True, timeout=timeout, cwd=cwd, env=env
     )
 
 

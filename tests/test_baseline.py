@@ -1,12 +1,17 @@
+import gzip
+
 import numpy as np
 
-from fmnist_tf import baseline
+from fmnist_tf import baseline, data
 
 
-def test_arrays_are_normalized_in_the_original_file_order():
+def test_arrays_are_the_notebooks_float64_pixels_in_the_original_file_order():
     (x_train, y_train), (x_test, y_test) = baseline.load_baseline_arrays(source="idx")
     assert x_train.shape == (60_000, 784) and x_test.shape == (10_000, 784)
-    assert x_train.dtype == np.float32 and 0.0 == x_train.min() and x_train.max() == 1.0
+    # The notebook's X_train / 255. on the file's own bytes, read here without the package.
+    raw = gzip.open(data.DEFAULT_RAW_DIR / "t10k-images-idx3-ubyte.gz").read()
+    np.testing.assert_array_equal(x_test, np.frombuffer(raw[16:], np.uint8).reshape(-1, 784) / 255.0)
+    assert x_train.dtype == np.float64 and 0.0 == x_train.min() and x_train.max() == 1.0
     # The first ten training labels of Zalando's file.
     assert y_train[:10].tolist() == [9, 0, 0, 3, 0, 2, 7, 2, 5, 5]
 

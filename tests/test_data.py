@@ -22,21 +22,27 @@ def test_idx_source_reads_the_files_exactly(split):
     images_file, labels_file = data.RAW_FILES[split]
     expected_images = parse_idx(data.DEFAULT_RAW_DIR / images_file)
     expected_labels = parse_idx(data.DEFAULT_RAW_DIR / labels_file)
-    images, labels = data.to_numpy(data.load_split(split, "idx"))
-    assert images.dtype == np.uint8 and images.shape == (data.SPLIT_SIZES[split], 28, 28)
-    file_images, file_labels = data.to_file_order(split, images, labels)
-    np.testing.assert_array_equal(file_images, expected_images)
-    np.testing.assert_array_equal(file_labels, expected_labels)
+    # Both IDX readers: streamed by tf.data (load_split) and in memory by NumPy (load_arrays).
+    for images, labels in (data.to_numpy(data.load_split(split, "idx")), data.load_arrays(split, "idx")):
+        assert images.dtype == np.uint8 and images.shape == (data.SPLIT_SIZES[split], 28, 28)
+        assert labels.dtype == np.int64
+        file_images, file_labels = data.to_file_order(split, images, labels)
+        np.testing.assert_array_equal(file_images, expected_images)
+        np.testing.assert_array_equal(file_labels, expected_labels)
 
 
 @pytest.mark.parametrize("split", ["train", "test"])
-def test_tfds_and_idx_yield_the_same_examples_in_the_same_order(split, tfds_dir):
-    tfds_images, tfds_labels = data.to_numpy(data.load_split(split, "tfds", tfds_dir=tfds_dir))
+def test_tfds_and_idx_yield_the_same_examples_in_the_same_order(split, tfds_dir, tfds_reference):
+    tfds_images, tfds_labels = tfds_reference[split]  # TFDS's own decoding, streamed
     idx_images, idx_labels = data.to_numpy(data.load_split(split, "idx"))
     assert len(tfds_labels) == data.SPLIT_SIZES[split]
     assert tfds_labels.dtype == idx_labels.dtype == np.int64
     np.testing.assert_array_equal(tfds_images, idx_images)
     np.testing.assert_array_equal(tfds_labels, idx_labels)
+    # In memory, the TFDS source reads its array cache: the same examples again.
+    cached_images, cached_labels = data.load_arrays(split, "tfds", tfds_dir=tfds_dir)
+    np.testing.assert_array_equal(cached_images, tfds_images)
+    np.testing.assert_array_equal(cached_labels, tfds_labels)
 
 
 def test_normalize_maps_uint8_to_unit_float_flattened():
@@ -95,6 +101,11 @@ def test_epoch_tensors_are_a_pure_function_of_seed_and_epoch():
     # The epoch's order is a permutation of the examples, normalized the one way.
     order = data.epoch_order(10_000, 1, 0).numpy()
     np.testing.assert_array_equal(x0.numpy().reshape(-1, 784), data.normalize(images[order[: 312 * 32]]).numpy())
+    # The training loop's own feed: that order cut into steps of indices (it gathers each step in the graph).
+    steps, tail = data.epoch_index_batches(10_000, 32, seed=1, epoch=0)
+    assert steps.dtype == tf.int64 and steps.shape == (312, 32) and tail.shape == (1, 10_000 - 312 * 32)
+    np.testing.assert_array_equal(np.concatenate([steps.numpy().ravel(), tail.numpy().ravel()]), order)
+    assert len(data.epoch_index_batches(9_984, 32, seed=1, epoch=0)) == 1  # no empty tail batch
 
 
 def test_replica_slices_partition_each_global_batch():

@@ -12,15 +12,14 @@ import pytest
 import tensorflow as tf
 
 from conftest import error_lines, parse_idx, run_script
-from fmnist_tf import data, evaluation, training
+from fmnist_tf import data, evaluation
 
 
 @pytest.fixture(scope="module")
-def exported(tmp_path_factory):
+def exported(one_epoch_run):
     """(base path, version folder, training figures) of a softmax trained one epoch on the real data."""
-    base = tmp_path_factory.mktemp("models") / "fashion_mnist"
-    figures = training.run(training.Config(epochs=1, source="idx", export_dir=str(base), verbose=False))
-    return base, pathlib.Path(figures["export_path"]), figures
+    folder, figures = one_epoch_run  # conftest's, shared: read only
+    return folder / "fashion_mnist", pathlib.Path(figures["export_path"]), figures
 
 
 @pytest.fixture(scope="module")
@@ -131,6 +130,10 @@ def test_script_prints_the_summary_and_writes_the_files(exported, expected, tmp_
     assert f"most confused (true -> predicted):\n  {top['true']} -> {top['predicted']}: {top['count']}" in done.stdout
     assert f"to {tmp_path}" in done.stdout
     assert (tmp_path / "confusion_matrix.png").is_file() and (tmp_path / "mistakes.png").is_file()
+    # The version's provenance (assets.extra/fmnist_tf.json), as JSON after the summary.
+    provenance = json.loads(done.stdout.split("provenance of this version:\n", 1)[1])
+    assert provenance["model"] == "softmax"
+    assert provenance["figures"]["test_accuracy"] == pytest.approx(np.mean(labels == predictions), abs=2e-4)
 
 
 def test_script_with_a_bad_model_dir_stops_with_one_line(tmp_path):

@@ -29,7 +29,7 @@ def test_unknown_names_are_rejected():
 
 
 @pytest.mark.parametrize(
-    "name, hidden", [("mlp", ["Dense", "Dropout"]), ("cnn", ["Reshape", "Conv2D", "MaxPooling2D"])]
+    "name, hidden", [("mlp", ["Dense", "ReplicaDropout"]), ("cnn", ["Reshape", "Conv2D", "MaxPooling2D"])]
 )
 def test_every_model_maps_784_pixels_to_10_probabilities(name, hidden):
     model = model_lib.build_model(name)

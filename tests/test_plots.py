@@ -42,3 +42,16 @@ def test_confusion_matrix_must_be_ten_by_ten(tmp_path):
     with pytest.raises(ValueError, match="10x10"):
         plots.save_confusion_matrix(tmp_path / "cm.png", np.zeros((3, 3), int))
     assert not (tmp_path / "cm.png").exists()
+
+
+@pytest.mark.parametrize("epochs", [1, 2, 5])
+def test_learning_curves_tick_whole_epochs_only(tmp_path, monkeypatch, epochs):
+    drawn = []
+    save = plots._save
+    monkeypatch.setattr(plots, "_save", lambda fig, path: save(drawn.append(fig) or fig, path))
+    keys = ("loss", "accuracy", "val_loss", "val_accuracy")
+    plots.save_learning_curves(tmp_path / "curves.png", {k: [0.5] * epochs for k in keys})
+    for ax in drawn[0].axes:
+        low, high = ax.get_xlim()
+        shown = [t for t in ax.get_xticks() if low <= t <= high]
+        assert shown == list(range(1, epochs + 1))

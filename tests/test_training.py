@@ -1,10 +1,13 @@
 import dataclasses
+import json
+import os
+import uuid
 
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from fmnist_tf import data, distribute, export, training
+from fmnist_tf import data, evaluation, export, training
 
 
 def _config(tmp_path, **overrides):
@@ -18,21 +21,27 @@ def _weights(version_dir):
     return [v.numpy() for v in tf.saved_model.load(str(version_dir)).variables]
 
 
-def test_one_epoch_on_real_data_trains_evaluates_and_exports(tmp_path):
-    figures = training.run(_config(tmp_path))
+@pytest.fixture
+def first_run(one_epoch_run):
+    """One epoch of the main job on the real data, exported: (its folder, its figures); conftest's, shared."""
+    return one_epoch_run
+
+
+def test_one_epoch_on_real_data_trains_evaluates_and_exports(first_run):
+    tmp_path, figures = first_run
     assert figures["val_accuracy"] >= 0.80 and figures["test_accuracy"] >= 0.79
     assert 0 < figures["val_loss"] < 0.7 and 0 < figures["test_loss"] < 0.7
     assert set(figures["history"]) >= {"loss", "accuracy", "val_loss", "val_accuracy"}
     assert len(figures["history"]["loss"]) == 1
     assert figures["export_path"] == str(tmp_path / "fashion_mnist" / "1")
     assert 0 < figures["fit_seconds"] < figures["seconds"]
-    assert figures["strategy"] == "_DefaultDistributionStrategy" and figures["replicas"] == 1
+    assert figures["strategy"] == "default strategy (CPU)" and figures["replicas"] == 1
     config = (tmp_path / "models.config").read_text()
     assert f'base_path: "{tmp_path / "fashion_mnist"}"' in config
 
 
-def test_same_seed_gives_bit_identical_metrics_and_weights(tmp_path):
-    first = training.run(_config(tmp_path / "a"))
+def test_same_seed_gives_bit_identical_metrics_and_weights(first_run, tmp_path):
+    first = first_run[1]
     second = training.run(_config(tmp_path / "b"))
     for key in ("val_accuracy", "val_loss", "test_accuracy", "test_loss", "history"):
         assert first[key] == second[key], key
@@ -72,53 +81,48 @@ def test_bad_config_is_rejected_before_any_work(tmp_path, field, value, message)
     assert export.versions(tmp_path / "fashion_mnist") == []
 
 
-def test_cpu_machine_gets_the_default_strategy():
-    assert not tf.config.list_physical_devices("GPU")
-    assert distribute.choose_strategy() is tf.distribute.get_strategy()
-
-
-MIRRORED_TWO_CPUS = """
-import json, sys
-import tensorflow as tf
-cpu = tf.config.list_physical_devices("CPU")[0]
-tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
-from fmnist_tf import training
-strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
-config = training.Config(epochs=2, source="idx", export_dir="", verbose=False)
-figures = training.run(config, strategy=strategy)
-print(json.dumps({k: figures[k] for k in ("history", "replicas", "shard", "val_loss")}))
-"""
-
-
-def test_two_replicas_train_the_same_steps_as_one(tmp_path):
-    import json
-    import subprocess
-    import sys
-
-    done = subprocess.run([sys.executable, "-c", MIRRORED_TWO_CPUS], capture_output=True, text=True, cwd=tmp_path)
-    assert done.returncode == 0, done.stderr[-3000:]
-    mirrored = json.loads(done.stdout.strip().splitlines()[-1])
-    assert mirrored["replicas"] == 2 and mirrored["shard"]["examples"] == 2 * 48_000
-    single = training.run(_config(tmp_path, epochs=2, export_dir=""))
-    # The distributed feeder with two half-batches against the in-graph loop with whole batches.
-    for key in ("loss", "accuracy", "val_loss", "val_accuracy"):
-        np.testing.assert_allclose(mirrored["history"][key], single["history"][key], atol=2e-4)
-    assert abs(mirrored["val_loss"] - single["val_loss"]) < 1e-4
-
-
-def test_workdir_gets_checkpoints_tensorboard_and_learning_curves(tmp_path):
-    import matplotlib.image
-
-    workdir = tmp_path / "work"
-    figures = training.run(_config(tmp_path, epochs=2, export_dir="", workdir=str(workdir)))
-    curves = matplotlib.image.imread(workdir / training.LEARNING_CURVES_FILE)
-    assert curves.shape[0] > 200 and curves[..., :3].std() > 0.05
-    assert list((workdir / "tensorboard").glob("events.out.tfevents.*"))
-    assert tf.train.latest_checkpoint(str(workdir / "checkpoints")) is not None
+def _scalars(event_dir):
     scalars = {}
-    for event_file in (workdir / "tensorboard").glob("events.out.tfevents.*"):
-        for record in tf.data.TFRecordDataset(str(event_file)):
+    for event_file in tf.io.gfile.glob(os.path.join(event_dir, "events.out.tfevents.*")):
+        for record in tf.data.TFRecordDataset(event_file):
             event = tf.compat.v1.Event.FromString(record.numpy())
             for value in event.summary.value:
                 scalars.setdefault(value.tag, []).append(float(tf.make_ndarray(value.tensor)))
-    assert scalars["val_accuracy"] == pytest.approx(figures["history"]["val_accuracy"])
+    return scalars
+
+
+def test_a_run_export_and_evaluation_all_on_urls():
+    """ram:// is TF's in-process file system: the tf.io.gfile calls that gs:// and s3:// take, run here."""
+    from fmnist_tf.cli import common
+
+    root = f"ram://fmnist-{uuid.uuid4().hex}"
+    work, base = f"{root}/work", f"{root}/models/fashion_mnist"
+    config = training.Config(epochs=2, source="idx", workdir=work, export_dir=base, verbose=False)
+    figures = training.run(config)
+    assert figures["export_path"] == f"{base}/1" and not os.path.exists("ram:")  # no local "ram:" folder
+    common.write_json(f"{root}/metrics.json", figures)
+    assert json.loads(tf.io.gfile.GFile(f"{root}/metrics.json").read())["history"] == figures["history"]
+
+    # The workdir: settings, checkpoints, TensorBoard, learning curves.
+    assert json.loads(tf.io.gfile.GFile(f"{work}/run.json").read())["settings"]["batch_size"] == 32
+    assert tf.train.latest_checkpoint(f"{work}/checkpoints").endswith("ckpt-2")
+    assert _scalars(f"{work}/tensorboard")["val_accuracy"] == pytest.approx(figures["history"]["val_accuracy"])
+    curves = tf.io.decode_png(tf.io.gfile.GFile(f"{work}/{training.LEARNING_CURVES_FILE}", "rb").read())
+    assert curves.shape[0] > 200 and float(tf.math.reduce_std(tf.cast(curves[..., :3], tf.float32))) > 10
+
+    # The export: one complete version, nothing left beside it, and TF Serving's config.
+    assert tf.io.gfile.listdir(base) == ["1"]
+    assert tf.saved_model.contains_saved_model(f"{base}/1")
+    assert f'base_path: "{base}"' in tf.io.gfile.GFile(f"{root}/models/models.config").read()
+
+    # Evaluated where it lies, the report written beside it.
+    report = evaluation.evaluate_saved_model(base, f"{root}/eval", source="idx")
+    assert report["model_path"] == f"{base}/1" and abs(report["accuracy"] - figures["test_accuracy"]) <= 2e-4
+    assert sorted(tf.io.gfile.listdir(f"{root}/eval")) == sorted(
+        [evaluation.REPORT_FILE, evaluation.CONFUSION_MATRIX_FILE, evaluation.MISTAKES_FILE]
+    )
+
+    # Started again, finished: nothing trained, the same version.
+    again = training.run(config)
+    assert again["exported_before"] and again["export_path"] == f"{base}/1" and tf.io.gfile.listdir(base) == ["1"]
+    assert again["history"] == figures["history"]

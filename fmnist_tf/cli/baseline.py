@@ -20,6 +20,7 @@ FLAGS = flags.FLAGS
 def main(argv):
     from fmnist_tf import baseline
 
+    common.prepare_data(FLAGS.source, FLAGS.raw_dir, FLAGS.tfds_dir)
     train, test = baseline.load_baseline_arrays(FLAGS.source, FLAGS.raw_dir, FLAGS.tfds_dir)
     figures = baseline.run_baseline(train, test, FLAGS.folds, FLAGS.max_iter, FLAGS.seed, FLAGS.n_jobs)
     for i, score in enumerate(figures["cv_scores"], 1):

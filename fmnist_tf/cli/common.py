@@ -1,42 +1,118 @@
-"""What every job shares: the data flags, flag parsing, JSON output, and known failures as one line on stderr.
+"""What every job shares: the data flags, flag parsing, a quiet TensorFlow start, the one-line TFDS build,
+JSON output, and known failures as one line on stderr.
 
 Imports only absl and TF-free modules: flags must answer before TensorFlow loads."""
 
+import contextlib
 import functools
-import json
+import io
 import os
 import sys
+import time
 
-# TensorFlow's C++ start-up chatter (CUDA probing on a CPU machine) would bury the one-line errors.
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+from absl import app, flags, logging
 
-from absl import app, flags, logging  # noqa: E402
+from fmnist_tf.cli import startup
+from fmnist_tf.data.files import DEFAULT_RAW_DIR, SOURCES, TFDS_NAME
 
-from fmnist_tf.data.files import DEFAULT_RAW_DIR, SOURCES
+# The data flags below are defined on behalf of each job: absl then files them under the job's module,
+# and --helpfull lists them with the job's other flags.
+flags.disclaim_key_flags()
 
 
 def define_data_flags():
+    """--source, --raw_dir and --tfds_dir, for the job that calls it."""
     flags.DEFINE_enum("source", "tfds", list(SOURCES), "Where examples come from: TFDS or the raw IDX files.")
     flags.DEFINE_string("raw_dir", str(DEFAULT_RAW_DIR), "Folder holding the four original .gz files.")
-    flags.DEFINE_string("tfds_dir", None, "TFDS data dir; default TFDS's own (~/tensorflow_datasets).")
+    flags.DEFINE_string(
+        "tfds_dir", None, "TFDS data dir; default TFDS's own ($TFDS_DATA_DIR or ~/tensorflow_datasets)."
+    )
+
+
+def logs_requested():
+    """True when the user asked for logs with --verbosity (or -v): then nothing is held back."""
+    return flags.FLAGS["verbosity"].present
 
 
 def parse_flags(argv):
-    """absl's flag parsing, with a bad value reported in one line (absl's default adds a second)."""
+    """absl's flag parsing with a bad value or a stray argument reported in one line (absl's default adds a
+    second); TF and TFDS log only warnings and errors unless --verbosity asks for more."""
     try:
         argv = flags.FLAGS(argv)
     except flags.Error as e:
         sys.exit(f"error: {e}")
-    # TFDS and TF log their progress at INFO; a user asks for it with --verbosity=0 (or -v 1 for debug).
-    if not flags.FLAGS["verbosity"].present:
+    if len(argv) > 1:
+        sys.exit(f"error: unexpected arguments {argv[1:]}")
+    if not logs_requested():
         flags.FLAGS.verbosity = logging.WARNING
     return argv
 
 
+def _parse_flags_then_start_tensorflow(argv):
+    argv = parse_flags(argv)
+    if not logs_requested():
+        # TF's C++ runtime logs below ERROR would bury the one-line errors (a user may set it otherwise).
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    startup.start_tensorflow(hold_back=not logs_requested())
+    return argv
+
+
+def prepare_data(source, raw_dir, tfds_dir):
+    """With ``source="tfds"``, build TFDS's fashion_mnist the first time, saying so in one line with its time.
+
+    TFDS itself would print a wall of progress bars, "Downloading and preparing dataset Unknown size" (nothing
+    is downloaded) and a warning about the folder it is about to fill: this line replaces them unless
+    --verbosity asks for TFDS's own output. Once built, this is a quick no-op and the job's reads find it.
+    """
+    if source != "tfds":
+        return
+    from fmnist_tf.data import cache
+
+    # A valid array cache lives inside the prepared dataset: nothing to build, and no TFDS import (~1 s).
+    with contextlib.suppress(cache.CacheMiss):
+        cache.find(tfds_dir)
+        return
+    import tensorflow_datasets as tfds
+
+    from fmnist_tf import data
+
+    stdout = sys.stdout  # this job's own line goes out while TFDS's are held back
+    with _tfds_output_held_back():
+        builder = tfds.builder(TFDS_NAME, data_dir=tfds_dir)
+        if builder.is_prepared():
+            return
+        line = f"building TFDS {TFDS_NAME} from the files in {raw_dir} into {builder.data_dir} (once) ..."
+        print(line, end="", file=stdout, flush=True)
+        began = time.perf_counter()
+        try:
+            data.prepare_tfds(raw_dir, tfds_dir)
+        finally:
+            print(f" {time.perf_counter() - began:.1f} s", file=stdout, flush=True)
+
+
+@contextlib.contextmanager
+def _tfds_output_held_back():
+    """No TFDS progress bars, prints on stdout or log lines below ERROR inside the block (unless logs_requested)."""
+    if logs_requested():
+        yield
+        return
+    import tensorflow_datasets as tfds
+
+    tfds.disable_progress_bar()
+    verbosity = logging.get_verbosity()
+    logging.set_verbosity(logging.ERROR)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            yield
+    finally:
+        logging.set_verbosity(verbosity)
+
+
 def write_json(path, figures):
-    with open(path, "w") as f:
-        json.dump(figures, f, indent=2)
-        f.write("\n")
+    """``figures`` as JSON at ``path``, a local file or a gs://, s3:// or ram:// URL (jobs have TF loaded by then)."""
+    from fmnist_tf import storage
+
+    storage.write_json(path, figures)
 
 
 def one_line_errors(main):
@@ -44,8 +120,6 @@ def one_line_errors(main):
 
     @functools.wraps(main)
     def wrapper(argv):
-        if len(argv) > 1:
-            sys.exit(f"error: unexpected arguments {argv[1:]}")
         try:
             return main(argv)
         # DataError is a ValueError and ExportError an OSError: caught without importing their (TF) modules.
@@ -58,14 +132,11 @@ def one_line_errors(main):
 
 
 def run(main):
-    """absl's app.run with one-line flag errors, the job's flags shown by ``--help`` whichever door ran it.
+    """absl's app.run for a job: flags parsed (one-line errors) before TensorFlow starts, quietly, then ``main``.
 
-    absl's ``--help`` lists the flags of the module named by ``sys.argv[0]``; the flags live in
-    ``fmnist_tf.cli.<job>`` (and the shared ones here), so they are declared key flags of the door.
+    ``--help`` and ``--helpfull`` list the job's flags under the door's name (``startup.file_flags_under_door``).
     """
     # absl's --help prints the __main__ module's docstring as the usage: the job's, not the door's.
     sys.modules["__main__"].__doc__ = sys.modules[main.__module__].__doc__
-    for module in (main.__module__, __name__):
-        for flag in flags.FLAGS.get_key_flags_for_module(module):
-            flags.FLAGS.register_key_flag_for_module(sys.argv[0], flag)
-    app.run(main, flags_parser=parse_flags)
+    startup.file_flags_under_door(main.__module__)
+    app.run(main, flags_parser=_parse_flags_then_start_tensorflow)

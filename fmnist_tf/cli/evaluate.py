@@ -1,17 +1,33 @@
 """Score an exported SavedModel on the 10,000 test images through its serving_default signature.
 
-    python scripts/evaluate.py --model_dir=saved_models/fashion_mnist --out_dir=eval
+    python scripts/evaluate.py     (the latest version of saved_models/fashion_mnist -> reports/fashion_mnist/<N>/)
+    python scripts/evaluate.py --model_dir=saved_models/fashion_mnist_cnn --out_dir=eval
+    python scripts/evaluate.py --model_dir=lite/model_int8.tflite --out_dir=eval_int8   (through LiteRT)
 """
+
+import json
+import os
+import pathlib
 
 from absl import flags
 
+from fmnist_tf import configs
 from fmnist_tf.cli import common
 
+# Reports land beside the exports, never inside a version folder (TF Serving would serve what is there).
+REPORTS_DIR = "reports"
+
 flags.DEFINE_string(
-    "model_dir", None, "A version folder, or a base path (its highest version is scored).", required=True
+    "model_dir",
+    configs.default_export_dir("softmax"),
+    "A version folder, a base path (its highest version is scored), or a LiteRT .tflite file; "
+    "default the main job's exports.",
 )
 flags.DEFINE_string(
-    "out_dir", None, "Where to write report.json, confusion_matrix.png and mistakes.png.", required=True
+    "out_dir",
+    None,
+    "Where to write report.json, confusion_matrix.png and mistakes.png; "
+    f"default {REPORTS_DIR}/<base path's name>/<version> (for a .tflite file, {REPORTS_DIR}/<folder>/<file name>).",
 )
 common.define_data_flags()
 FLAGS = flags.FLAGS
@@ -19,11 +35,11 @@ FLAGS = flags.FLAGS
 
 @common.one_line_errors
 def main(argv):
-    from fmnist_tf import evaluation
+    from fmnist_tf import evaluation, serving_check
 
-    report = evaluation.evaluate_saved_model(
-        FLAGS.model_dir, FLAGS.out_dir, FLAGS.source, FLAGS.raw_dir, FLAGS.tfds_dir
-    )
+    out_dir = FLAGS.out_dir or default_out_dir(FLAGS.model_dir)  # a missing model stops here, before any build
+    common.prepare_data(FLAGS.source, FLAGS.raw_dir, FLAGS.tfds_dir)
+    report = evaluation.evaluate_model(FLAGS.model_dir, out_dir, FLAGS.source, FLAGS.raw_dir, FLAGS.tfds_dir)
     print(f"model {report['model_path']}: test accuracy {report['accuracy']:.4f} on {report['examples']} images")
     print(f"{'class':<12}{'precision':>10}{'recall':>8}{'f1':>8}{'support':>9}")
     for row in report["per_class"]:
@@ -34,7 +50,22 @@ def main(argv):
     for pair in report["most_confused"]:
         print(f"  {pair['true']} -> {pair['predicted']}: {pair['count']}")
     names = (evaluation.REPORT_FILE, evaluation.CONFUSION_MATRIX_FILE, evaluation.MISTAKES_FILE)
-    print(f"wrote {', '.join(names)} to {FLAGS.out_dir}")
+    print(f"wrote {', '.join(names)} to {out_dir}")
+    # What made this version (an export's assets.extra/fmnist_tf.json; a .tflite file has none).
+    provenance = serving_check.read_provenance(report["model_path"])
+    if provenance:
+        print("provenance of this version:")
+        print(json.dumps(provenance, indent=2))
+
+
+def default_out_dir(model_path):
+    """reports/<base path's name>/<version> for the version that ``model_path`` scores (a file: its folder/stem)."""
+    from fmnist_tf import evaluation
+
+    path = pathlib.Path(model_path)
+    if not path.is_file():
+        path = evaluation.resolve_version(path)
+    return os.path.join(REPORTS_DIR, path.resolve().parent.name, path.stem)
 
 
 def run():

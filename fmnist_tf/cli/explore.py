@@ -19,6 +19,7 @@ def main(argv):
 
     from fmnist_tf import data, plots
 
+    common.prepare_data(FLAGS.source, FLAGS.raw_dir, FLAGS.tfds_dir)
     splits = {s: data.load_arrays(s, FLAGS.source, FLAGS.raw_dir, FLAGS.tfds_dir) for s in data.RAW_FILES}
     # The original files' first images: the notebook's first picture.
     images, labels = data.to_file_order("train", *splits["train"])

@@ -44,8 +44,9 @@ def main(argv):
         workdir=FLAGS.workdir,
         threads=FLAGS.threads,
     )
+    config.validate()  # a bad flag stops here, before a first run builds TFDS
+    common.prepare_data(FLAGS.source, FLAGS.raw_dir, FLAGS.tfds_dir)
     figures = training.run(config)
-    print(f"strategy {figures['strategy']} on {', '.join(figures['devices'])}")
     shard = figures["shard"]
     if shard.get("input_pipelines", 1) > 1:
         print(f"input pipeline {shard['input_pipeline']} of {shard['input_pipelines']}: "
@@ -53,7 +54,9 @@ def main(argv):
     print(f"validation: loss {figures['val_loss']:.4f}  accuracy {figures['val_accuracy']:.4f}")
     print(f"test:       loss {figures['test_loss']:.4f}  accuracy {figures['test_accuracy']:.4f}")
     print(f"fit {figures['fit_seconds']:.1f} s, whole run {figures['seconds']:.1f} s")
-    if figures["export_path"]:
+    if figures["exported_before"]:
+        print(f"nothing new to export: this run exported {figures['export_path']} before")
+    elif figures["export_path"]:
         print(f"exported {figures['export_path']}")
     if FLAGS.metrics_json and figures["chief"]:
         common.write_json(FLAGS.metrics_json, figures)

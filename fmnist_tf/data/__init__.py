@@ -28,9 +28,13 @@ from fmnist_tf.data.files import (  # noqa: F401  (re-exported: the dataset's fa
 
 _EXPORTS = {
     **dict.fromkeys(
-        ("tfds_order", "to_file_order", "prepare_tfds", "load_split", "load_arrays", "to_numpy"), "sources"
+        ("tfds_order", "to_file_order", "prepare_tfds", "load_split", "load_arrays", "cache_tfds_arrays", "to_numpy"),
+        "sources",
     ),
     **dict.fromkeys(("validation_mask", "split_train_validation", "load_splits", "load_split_arrays"), "splits"),
-    **dict.fromkeys(("normalize", "epoch_order", "epoch_batches", "epoch_tensors", "evaluation_pipeline"), "feeds"),
+    **dict.fromkeys(
+        ("normalize", "epoch_order", "epoch_batches", "epoch_index_batches", "epoch_tensors", "evaluation_pipeline"),
+        "feeds",
+    ),
 }
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

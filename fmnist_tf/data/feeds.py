@@ -53,17 +53,21 @@ def epoch_batches(images, labels, batch_size, seed, epoch, num_slices=1, first_s
     )
 
 
-def epoch_tensors(images, labels, batch_size, seed, epoch):
-    """``epoch_batches`` for one replica as whole tensors: [(x [steps, b, 784], y [steps, b])], then the
-    final partial batch as one more [1, rest, ...] pair when the batch size does not divide the data."""
-    num_examples = int(labels.shape[0])
+def epoch_index_batches(num_examples, batch_size, seed, epoch):
+    """``epoch_order`` cut into steps for one replica: [int64 [steps, batch_size]], then the final partial
+    batch as one more [1, rest] when the batch size does not divide the examples (as Keras keeps it)."""
     order = epoch_order(num_examples, seed, epoch)
     full = num_examples // batch_size * batch_size
     parts = [(order[:full], [-1, batch_size]), (order[full:], [1, -1])]
+    return [tf.reshape(index, shape) for index, shape in parts if index.shape[0]]
+
+
+def epoch_tensors(images, labels, batch_size, seed, epoch):
+    """``epoch_batches`` for one replica as whole tensors: [(x [steps, b, 784], y [steps, b])] for each
+    ``epoch_index_batches`` part."""
     return [
-        (tf.reshape(normalize(tf.gather(images, index)), [*shape, NUM_PIXELS]), tf.reshape(tf.gather(labels, index), shape))
-        for index, shape in parts
-        if index.shape[0]
+        (normalize(tf.gather(images, index)), tf.gather(labels, index))
+        for index in epoch_index_batches(int(labels.shape[0]), batch_size, seed, epoch)
     ]
 
 

@@ -1,15 +1,13 @@
 """The dataset's facts and its four files: names, shapes, where the shipped copy lives, IDX and checksum checks.
 
-Imports only the standard library and NumPy, so flag definitions and the serving check can use it
-before (or without) TensorFlow.
+Imports only the standard library (NumPy inside the label check), so flag definitions and the serving
+check can use it before (or without) TensorFlow, and ``--help`` answers without NumPy's import (~0.2 s).
 """
 
 import gzip
 import hashlib
 import pathlib
 import struct
-
-import numpy as np
 
 CLASS_NAMES = (
     "T-shirt/top",
@@ -137,6 +135,8 @@ def verify_checksum(path, expected=None):
 
 
 def _check_labels(path):
+    import numpy as np
+
     labels = np.frombuffer(gzip.open(path).read()[LABELS_HEADER_BYTES:], np.uint8)
     if labels.size and labels.max() >= NUM_CLASSES:
         bad = int(np.argmax(labels >= NUM_CLASSES))

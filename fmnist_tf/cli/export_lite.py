@@ -1,0 +1,50 @@
+"""Convert an export to LiteRT models (float32 and int8) and measure them through the LiteRT interpreter.
+
+    python scripts/export_lite.py --model_dir=saved_models/fashion_mnist --out_dir=lite [--metrics_json=PATH]
+
+Writes model_float32.tflite, model_int8.tflite and labels.txt; prints per model its size, test accuracy,
+agreement with the SavedModel's classes and batch-1 latency.
+"""
+
+from absl import flags
+
+from fmnist_tf.cli import common
+
+flags.DEFINE_string(
+    "model_dir", None, "A version folder, or a base path (its highest version is converted).", required=True
+)
+flags.DEFINE_string("out_dir", None, "Where to write the .tflite models and labels.txt.", required=True)
+flags.DEFINE_integer("seed", 0, "Picks the training images that calibrate the int8 model.", lower_bound=0)
+flags.DEFINE_string("metrics_json", None, "Write the figures to this JSON file.")
+common.define_data_flags()
+FLAGS = flags.FLAGS
+
+
+@common.one_line_errors
+def main(argv):
+    from fmnist_tf import lite
+
+    common.prepare_data(FLAGS.source, FLAGS.raw_dir, FLAGS.tfds_dir)
+    figures = lite.export_lite(
+        FLAGS.model_dir, FLAGS.out_dir, FLAGS.source, FLAGS.raw_dir, FLAGS.tfds_dir, seed=FLAGS.seed
+    )
+    saved = figures["saved_model"]
+    print(f"SavedModel {saved['path']}: test accuracy {saved['test_accuracy']:.4f}")
+    print(f"{'model':<9}{'bytes':>11}{'test accuracy':>15}{'agreement':>11}{'batch-1 p50 ms':>16}  path")
+    for kind in lite.MODEL_FILES:
+        f = figures[kind]
+        print(
+            f"{kind:<9}{f['bytes']:>11,}{f['test_accuracy']:>15.4f}{f['agreement']:>11.4f}"
+            f"{f['latency_ms_p50']:>16.3f}  {f['path']}"
+        )
+    print(f"class names: {figures['labels']}")
+    if FLAGS.metrics_json:
+        common.write_json(FLAGS.metrics_json, figures)
+
+
+def run():
+    common.run(main)
+
+
+if __name__ == "__main__":
+    run()

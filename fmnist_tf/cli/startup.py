@@ -1,0 +1,108 @@
+"""What a job's door does before its main: file the job's flags under the door's name, and start TensorFlow
+without its C++ start-up chatter on stderr.
+
+absl's ``--help`` lists the flags that the module named by ``sys.argv[0]`` defines (or declares key flags),
+and ``--helpfull`` lists that module first; a job's flags are defined in ``fmnist_tf.cli.<job>`` but run
+from a door (``scripts/<job>.py``, an installed ``fmnist-<job>``, or ``python -m``).
+
+TF 2.20+ writes a few lines from its C++ runtime while it is imported and while it first probes for
+devices (``WARNING: All log messages before absl::InitializeLog()...``, CUDA probing, oneDNN), before absl
+logging is initialised, so ``TF_CPP_MIN_LOG_LEVEL`` cannot silence them. Here TensorFlow is imported with
+the process's stderr (file descriptor 2, which the C++ runtime writes to) held in a temporary file; then
+only the lines that are not those known start-up lines are written back. If the import fails, every held
+line is written back, so a broken TensorFlow install is shown in full.
+
+Standard library and absl only (TensorFlow is imported inside ``start_tensorflow``), so any door may use
+it, also one that must not import the rest of the package.
+"""
+
+import os
+import re
+import sys
+import tempfile
+
+from absl import flags
+
+_GLOG_PREFIX = r"[IWE]\d{4} [\d:.]+\s+\d+ \w+\.cc:\d+\] "
+# Each pattern is one start-up line TF 2.20/2.21 prints on a machine without a GPU; nothing else is dropped.
+STARTUP_NOISE = tuple(
+    re.compile(pattern)
+    for pattern in (
+        r"WARNING: All log messages before absl::InitializeLog\(\) is called are written to STDERR$",
+        _GLOG_PREFIX + r"Could not find cuda drivers on your machine, GPU will not be used\.$",
+        _GLOG_PREFIX + r"failed call to cuInit: .*\(303\)$",
+        _GLOG_PREFIX + r"oneDNN custom operations are on\. ",
+        _GLOG_PREFIX + r"This TensorFlow binary is optimized to use available CPU instructions",
+        # The second line of the message above.
+        r"To enable the following instructions: [\w .]+, in other operations, rebuild TensorFlow with the "
+        r"appropriate compiler flags\.$",
+    )
+)
+
+
+def file_flags_under_door(module_name):
+    """File the flags that ``module_name`` defines under the door's name (``sys.argv[0]``) for absl's help.
+
+    Run as ``python -m``, the job's module is ``__main__`` and absl files its flags there already.
+    """
+    by_module = flags.FLAGS.flags_by_module_dict()
+    if module_name != "__main__" and module_name in by_module:
+        by_module.setdefault(sys.argv[0], []).extend(by_module.pop(module_name))
+
+
+def without_startup_noise(text):
+    """``text`` without the lines that match ``STARTUP_NOISE``."""
+    return "".join(
+        line for line in text.splitlines(keepends=True) if not any(p.match(line.rstrip("\n")) for p in STARTUP_NOISE)
+    )
+
+
+# Keras 3, which TensorFlow imports as it starts, imports scikit-learn and matplotlib when they are installed,
+# only for keras.wrappers (scikit-learn estimators) and keras.visualization, which no job uses: a third of
+# TensorFlow's start here (BUILD_NOTES.md). Keras treats both as optional (``try: import ... except ImportError``).
+KERAS_OPTIONAL_IMPORTS = ("sklearn", "matplotlib")
+
+
+def import_tensorflow():
+    """``import tensorflow`` with Keras's optional scikit-learn and matplotlib imports skipped; both stay
+    importable for the job's own use afterwards (keras.wrappers and keras.visualization do not work)."""
+    hidden = [name for name in KERAS_OPTIONAL_IMPORTS if name not in sys.modules]
+    for name in hidden:
+        sys.modules[name] = None  # an import of a None entry raises ImportError
+    try:
+        import tensorflow as tf
+    finally:
+        for name in hidden:
+            if sys.modules.get(name, "") is None:
+                del sys.modules[name]
+    return tf
+
+
+def start_tensorflow(hold_back=True):
+    """Import TensorFlow and let it probe its devices, writing back only stderr lines that are not start-up noise.
+
+    The device probe (``tf.config.list_physical_devices``) is where TF reports the CUDA probe; it does not
+    start TF's runtime, so thread pools and multi-worker strategies can still be configured afterwards.
+    ``hold_back=False`` leaves stderr alone (a user who asked for logs sees everything).
+    """
+    if not hold_back:
+        tf = import_tensorflow()
+        tf.config.list_physical_devices()
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    failed = True
+    with tempfile.TemporaryFile() as held:
+        os.dup2(held.fileno(), 2)
+        try:
+            tf = import_tensorflow()
+            tf.config.list_physical_devices()
+            failed = False
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            held.seek(0)
+            text = held.read().decode(errors="replace")
+            sys.stderr.write(text if failed else without_startup_noise(text))
+            sys.stderr.flush()

@@ -1,0 +1,94 @@
+"""Files under paths that are local folders or URLs TensorFlow's file layer serves (``gs://``, ``s3://`` with
+its plugin, ``hdfs://``, ``ram://`` in-process): every read and write of a run goes through ``tf.io.gfile``.
+
+``pathlib`` would turn ``gs://bucket/m`` into ``gs:/bucket/m``, a local folder; paths stay strings here and
+are joined with ``os.path.join``, which keeps a URL's ``//``.
+"""
+
+import json
+import os
+import pathlib
+import tempfile
+
+import tensorflow as tf
+
+gfile = tf.io.gfile
+
+
+def is_local(path):
+    """True for a plain path (or ``file://``): a POSIX file system, with atomic rename and exclusive create."""
+    path = str(path)
+    return "://" not in path or path.startswith("file://")
+
+
+def local_path(path):
+    """A local ``path`` without its ``file://`` scheme, for the os functions."""
+    path = str(path)
+    return path[len("file://") :] if path.startswith("file://") else path
+
+
+def ensure_writable_dir(path):
+    """Create the local folder ``path`` if needed and prove a file can be made in it; OSError otherwise."""
+    path = pathlib.Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryFile(dir=path):
+        pass
+    return path
+
+
+def write_text(path, text):
+    """Write ``text`` to ``path`` so that a reader sees the old content or the new, never a part.
+
+    Written beside it under another name, then renamed over it: rename(2) locally; on an object store
+    TF's rename is a copy and a delete, and an object appears whole once its upload completes.
+    """
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with gfile.GFile(tmp, "w") as f:
+        f.write(text)
+    gfile.rename(tmp, path, overwrite=True)
+    return path
+
+
+def read_text(path):
+    with gfile.GFile(path, "r") as f:
+        return f.read()
+
+
+def write_json(path, value):
+    """``value`` as indented JSON at ``path`` (``write_text``: never seen half-written)."""
+    return write_text(path, json.dumps(value, indent=2) + "\n")
+
+
+def read_json(path):
+    return json.loads(read_text(path))
+
+
+def copy_tree(src, dst, last=()):
+    """Copy the files under ``src`` to ``dst`` one by one, the files named in ``last`` (relative paths) last.
+
+    For object stores, where a folder cannot be renamed in one step: a reader that waits for the ``last``
+    files finds every other file already complete.
+    """
+    src = str(src).rstrip("/")
+    files = []
+    for folder, _, names in gfile.walk(src):
+        files.extend(os.path.join(folder[len(src) :].lstrip("/"), name) for name in names)
+    for relative in sorted(files, key=lambda f: (f in last, f)):
+        if not gfile.exists(os.path.join(src, relative)):
+            continue  # a phantom of ram://'s listing (see remove_tree)
+        gfile.makedirs(os.path.dirname(os.path.join(dst, relative)))
+        gfile.copy(os.path.join(src, relative), os.path.join(dst, relative), overwrite=True)
+
+
+def remove_tree(path):
+    """Delete the folder ``path`` with everything under it.
+
+    TF's ram:// file system lists children by name prefix: beside "assets.extra/x" the folder "assets"
+    seems to hold ".extra/x", which does not exist, and rmtree fails on it once all else is deleted.
+    Object stores list by "/"-delimited prefix and show no such phantom.
+    """
+    try:
+        gfile.rmtree(path)
+    except tf.errors.NotFoundError:
+        if gfile.exists(path):
+            raise
