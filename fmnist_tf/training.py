@@ -270,6 +270,8 @@ def train(model, optimizer, train_arrays, validation_arrays, epochs, batch_size,
             if after_epoch:
                 after_epoch(epoch + 1)
     finally:
+        if writer:
+            writer.close()  # flushed now, not left to the process's end
         if checkpoints:
             checkpoints.close()
     return history, shard

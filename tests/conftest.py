@@ -1,5 +1,6 @@
 """Shared fixtures: the shipped raw files, a TFDS data dir prepared once from them, IDX file makers."""
 
+import fcntl
 import gzip
 import os
 import pathlib
@@ -20,9 +21,21 @@ REPO = pathlib.Path(__file__).resolve().parent.parent
 
 @pytest.fixture(scope="session")
 def tfds_dir(tmp_path_factory):
-    """A TFDS data dir with fashion_mnist prepared offline from the shipped files, and its array cache."""
-    path = tmp_path_factory.mktemp("tfds")
-    data.cache_tfds_arrays(data.DEFAULT_RAW_DIR, str(path))
+    """A TFDS data dir with fashion_mnist prepared offline from the shipped files, and its array cache: made
+    once per test run, shared by pytest-xdist's workers (the first to get the lock prepares, ~6 s on an idle
+    machine; the others wait and reuse it). Read only: copy it to damage it."""
+    from fmnist_tf.data import cache
+
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = root.parent  # the run's folder, above each worker's own
+    path = root / "tfds-shared"
+    with open(root / "tfds-shared.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            cache.find(str(path))
+        except cache.CacheMiss:
+            data.cache_tfds_arrays(data.DEFAULT_RAW_DIR, str(path))
     return str(path)
 
 
