@@ -1,13 +1,21 @@
-"""Shared fixtures: the shipped raw files, a TFDS data dir prepared once from them, IDX file makers."""
+"""Shared fixtures: the shipped raw files; a first user's run whose TFDS data dir every test reads; one trained
+export; IDX file makers. What several files need is made once per test run, whichever xdist worker asks first."""
 
+import contextlib
+import dataclasses
 import fcntl
 import gzip
+import json
 import os
 import pathlib
 import re
 import shutil
+import signal
 import struct
+import subprocess
 import sys
+import threading
+import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -19,42 +27,150 @@ from fmnist_tf import data  # noqa: E402
 REPO = pathlib.Path(__file__).resolve().parent.parent
 
 
-@pytest.fixture(scope="session")
-def tfds_dir(tmp_path_factory):
-    """A TFDS data dir with fashion_mnist prepared offline from the shipped files, and its array cache: made
-    once per test run, shared by pytest-xdist's workers (the first to get the lock prepares, ~6 s on an idle
-    machine; the others wait and reuse it). Read only: copy it to damage it."""
-    from fmnist_tf.data import cache
+# Files whose tests share no module fixture go test by test to whichever xdist worker is free; every other file
+# goes whole to one worker, so its module fixtures (trained models, a built wheel) are made once.
+SPREAD_FILES = {"test_reliability.py", "test_scripts.py", "test_cache.py"}
 
+
+def pytest_xdist_make_scheduler(config, log):
+    from xdist.scheduler import LoadScopeScheduling
+
+    class ByFileUnlessSpread(LoadScopeScheduling):
+        def _split_scope(self, nodeid):
+            path = nodeid.split("::", 1)[0]
+            return nodeid if pathlib.PurePath(path).name in SPREAD_FILES else path
+
+    return ByFileUnlessSpread(config, log)
+
+
+def pytest_collection_modifyitems(items):
+    # Tests that need the first user's run (it builds TFDS, ~50 s) after the others, so that while one worker
+    # makes it the other has work (setup.cfg keeps this order: --no-loadscope-reorder).
+    items.sort(key=lambda item: bool({"first_user", "tfds_dir"} & set(item.fixturenames)))
+
+
+def shared_folder(tmp_path_factory, name, make):
+    """A folder made once per test run and shared by pytest-xdist's workers: the first to take its lock calls
+    ``make(folder)``, the others wait and reuse what it made (a ``make`` that failed is tried again by the next).
+    Read only for the tests: copy what you would change."""
     root = tmp_path_factory.getbasetemp()
     if os.environ.get("PYTEST_XDIST_WORKER"):
         root = root.parent  # the run's folder, above each worker's own
-    path = root / "tfds-shared"
-    with open(root / "tfds-shared.lock", "w") as lock:
+    folder, made = root / name, root / f"{name}.made"
+    with open(root / f"{name}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            cache.find(str(path))
-        except cache.CacheMiss:
-            data.cache_tfds_arrays(data.DEFAULT_RAW_DIR, str(path))
-    return str(path)
+        if not made.exists():
+            shutil.rmtree(folder, ignore_errors=True)
+            folder.mkdir()
+            make(folder)
+            made.touch()
+    return folder
+
+
+def wait_for(predicate, proc, timeout=120):
+    """Poll ``predicate`` until true while ``proc`` still runs (the moment to kill it)."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert proc.poll() is None, "the process ended before the moment to kill it"
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.02)
+
+
+@dataclasses.dataclass
+class FirstUser:
+    home: pathlib.Path
+    cwd: pathlib.Path
+    killed: subprocess.CompletedProcess  # the first attempt, SIGKILLed while TFDS wrote its examples
+    first: subprocess.CompletedProcess  # the same command run again, to the end
+
+
+FIRST_RUN_FLAGS = ("--epochs=1", "--workdir=run", "--metrics_json=m.json")
+
+
+def _make_first_user(root):
+    home, cwd = root / "home", root / "work"
+    home.mkdir()
+    cwd.mkdir()
+    env = {"PATH": os.environ["PATH"], "HOME": str(home)}
+    command = script_command("train.py", *FIRST_RUN_FLAGS)
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=cwd, env=env)
+    wait_for(lambda: any((home / "tensorflow_datasets" / "fashion_mnist").glob("incomplete.*/*train*")), proc)
+    proc.send_signal(signal.SIGKILL)
+    out, err = proc.communicate()
+    killed = subprocess.CompletedProcess(command, proc.returncode, out, err)
+    first = run_script("train.py", *FIRST_RUN_FLAGS, cwd=cwd, env=env)
+    runs = {name: [done.returncode, done.stdout, done.stderr] for name, done in (("killed", killed), ("first", first))}
+    (root / "runs.json").write_text(json.dumps(runs))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _first_user_started_early(request, tmp_path_factory):
+    """The first user's run takes ~50 s, mostly TFDS's single-threaded build: when a selected test needs it, it
+    starts in a thread (waiting on its child processes) as the session begins, so that the tests before the
+    first that needs it run meanwhile. A failure there is left to the fixture, which tries again and reports."""
+    if not any({"first_user", "tfds_dir"} & set(item.fixturenames) for item in request.session.items):
+        yield
+        return
+
+    def make_quietly():
+        with contextlib.suppress(Exception):
+            shared_folder(tmp_path_factory, "first-user", _make_first_user)
+
+    thread = threading.Thread(target=make_quietly, daemon=True)
+    thread.start()
+    yield
+    thread.join()
 
 
 @pytest.fixture(scope="session")
-def tfds_reference(tfds_dir):
-    """{split: (images, labels)} as TFDS itself decodes its prepared files, streamed: the source of truth."""
-    return {split: data.to_numpy(data.load_split(split, "tfds", tfds_dir=tfds_dir)) for split in data.RAW_FILES}
+def first_user(tmp_path_factory):
+    """A new user's first run, from an empty folder in a fresh HOME, as it often goes: ``train.py --epochs=1
+    --workdir=run --metrics_json=m.json`` is killed (SIGKILL) while TFDS writes fashion_mnist's examples into
+    ~/tensorflow_datasets, then the same command runs to the end. Made once per test run (it builds TFDS
+    from the shipped files, ~30 s here): its ~/tensorflow_datasets is every test's ``tfds_dir``."""
+    root = shared_folder(tmp_path_factory, "first-user", _make_first_user)
+    runs = json.loads((root / "runs.json").read_text())
+    killed, first = (subprocess.CompletedProcess(FIRST_RUN_FLAGS, *runs[name]) for name in ("killed", "first"))
+    return FirstUser(root / "home", root / "work", killed, first)
+
+
+@pytest.fixture(scope="session")
+def tfds_dir(first_user):
+    """The TFDS data dir the first user's run prepared: fashion_mnist built offline from the shipped files,
+    with its array cache. Read only: copy it to damage it."""
+    assert first_user.first.returncode == 0, first_user.first.stderr[-3000:]
+    return str(first_user.home / "tensorflow_datasets")
+
+
+@pytest.fixture(scope="session")
+def tfds_reference(tfds_dir, tmp_path_factory):
+    """{split: (images, labels)} as TFDS itself decodes its prepared files, streamed: the source of truth
+    (decoded once per test run, ~15 s, and kept as .npy files for every worker)."""
+
+    def make(folder):
+        for split in data.RAW_FILES:
+            images, labels = data.to_numpy(data.load_split(split, "tfds", tfds_dir=tfds_dir))
+            np.save(folder / f"{split}-images.npy", images)
+            np.save(folder / f"{split}-labels.npy", labels)
+
+    folder = shared_folder(tmp_path_factory, "tfds-reference", make)
+    return {split: tuple(np.load(folder / f"{split}-{part}.npy") for part in ("images", "labels")) for split in data.RAW_FILES}
 
 
 @pytest.fixture(scope="session")
 def one_epoch_run(tmp_path_factory):
-    """The main job's ``training.run`` for one epoch on the IDX source (seed 42), exported once per session:
+    """The main job's ``training.run`` for one epoch on the IDX source (seed 42), exported once per test run:
     (folder holding ``fashion_mnist/1`` and ``models.config``, the run's figures). Shared by several modules:
     copy the export before changing anything in it."""
-    from fmnist_tf import training
 
-    folder = tmp_path_factory.mktemp("one_epoch_run")
-    config = training.Config(epochs=1, source="idx", export_dir=str(folder / "fashion_mnist"), verbose=False)
-    return folder, training.run(config)
+    def make(folder):
+        from fmnist_tf import training
+
+        config = training.Config(epochs=1, source="idx", export_dir=str(folder / "fashion_mnist"), verbose=False)
+        (folder / "figures.json").write_text(json.dumps(training.run(config)))
+
+    folder = shared_folder(tmp_path_factory, "one-epoch-run", make)
+    return folder, json.loads((folder / "figures.json").read_text())
 
 
 @pytest.fixture
@@ -83,8 +199,6 @@ def script_command(name, *args):
 
 def run_script(name, *args, timeout=600, cwd=REPO, env=None):
     """Run scripts/<name> as a user would (from ``cwd``, with ``env`` if given); return the CompletedProcess."""
-    import subprocess
-
     return subprocess.run(
         script_command(name, *args), capture_output=True, text=True, timeout=timeout, cwd=cwd, env=env
     )

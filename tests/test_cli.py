@@ -88,15 +88,13 @@ def test_model_flag_alone_takes_the_models_defaults_and_an_explicit_flag_wins(tm
 
 
 @pytest.fixture(scope="module")
-def user(tmp_path_factory):
-    """A new user's session in a fresh HOME, from an empty folder: train 1 epoch (the first run builds TFDS's
-    fashion_mnist in ~/tensorflow_datasets), train on to 2 epochs (resumes), evaluate with no flags."""
-    root = tmp_path_factory.mktemp("user")
-    home, cwd = root / "home", root / "work"
-    home.mkdir()
-    cwd.mkdir()
+def user(first_user):
+    """A new user's session in a fresh HOME, from an empty folder: conftest's first run (1 epoch; it built TFDS's
+    fashion_mnist in ~/tensorflow_datasets after an attempt killed mid-build), then train on to 2 epochs
+    (resumes), evaluate with no flags."""
+    home, cwd = first_user.home, first_user.cwd
     env = {"PATH": os.environ["PATH"], "HOME": str(home)}
-    runs = {"first": run_script("train.py", "--epochs=1", "--workdir=run", "--metrics_json=m.json", cwd=cwd, env=env)}
+    runs = {"first": first_user.first}
     version_1 = cwd / "saved_models" / "fashion_mnist" / "1"
     before = {p.relative_to(version_1): p.stat().st_mtime_ns for p in version_1.rglob("*")} if version_1.is_dir() else None
     runs["resumed"] = run_script("train.py", "--epochs=2", "--workdir=run", cwd=cwd, env=env)

@@ -16,16 +16,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import REPO, error_lines, run_script, script_command, write_idx
+from conftest import REPO, error_lines, run_script, script_command, wait_for, write_idx
 from fmnist_tf import data, export, training
-
-
-def _wait_for(predicate, proc, timeout=120):
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert proc.poll() is None, "the process ended before the moment to kill it"
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.02)
 
 
 def _variables(version_dir):
@@ -45,7 +37,7 @@ def test_training_killed_mid_epoch_resumes_to_the_same_weights_and_metrics(tmp_p
     args = [*common, f"--workdir={workdir}", f"--export_dir={tmp_path / 'a'}", f"--metrics_json={tmp_path / 'a.json'}"]
     history = workdir / "checkpoints" / "history.json"
     proc = subprocess.Popen(script_command("train.py", *args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=REPO)
-    _wait_for(lambda: history.exists() and len(json.loads(history.read_text())["loss"]) >= 1, proc)
+    wait_for(lambda: history.exists() and len(json.loads(history.read_text())["loss"]) >= 1, proc)
     time.sleep(0.3)
     proc.send_signal(signal.SIGKILL)
     proc.communicate()
@@ -238,22 +230,17 @@ def test_traceback_only_on_request(raw_copy, tmp_path):
     assert done.returncode != 0 and "Traceback" in done.stderr and "DataError" in done.stderr
 
 
-PREPARE = "import sys; from fmnist_tf import data; data.prepare_tfds(data.DEFAULT_RAW_DIR, sys.argv[1])"
-
-
-def test_interrupted_tfds_prepare_does_not_break_the_next_run(tmp_path):
-    tfds_dir = tmp_path / "tfds"
-    proc = subprocess.Popen([sys.executable, "-c", PREPARE, str(tfds_dir)], stderr=subprocess.DEVNULL, cwd=tmp_path)
-    # Kill while TFDS writes examples into its incomplete.* folder.
-    _wait_for(lambda: any((tfds_dir / "fashion_mnist").glob("incomplete.*/*train*")), proc)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    builder = data.prepare_tfds(data.DEFAULT_RAW_DIR, str(tfds_dir))
-    assert builder.info.splits["test"].num_examples == 10_000
-    got = data.load_arrays("test", "tfds", tfds_dir=str(tfds_dir))
-    expected = data.load_arrays("test", "idx")
-    for a, b in zip(got, expected):
-        np.testing.assert_array_equal(a, b)
+def test_interrupted_tfds_prepare_does_not_break_the_next_run(first_user, tfds_dir, tfds_reference):
+    # conftest's first user: train.py killed while TFDS wrote examples into its incomplete.* folder, then again.
+    assert first_user.killed.returncode == -signal.SIGKILL
+    assert first_user.killed.stdout.startswith("building TFDS fashion_mnist from the files in ")
+    assert first_user.first.returncode == 0, first_user.first.stderr[-3000:]
+    builder = data.prepare_tfds(data.DEFAULT_RAW_DIR, tfds_dir)  # prepared: a no-op
+    assert builder.is_prepared() and builder.info.splits["test"].num_examples == 10_000
+    # TFDS's own records, decoded (not the array cache), hold exactly the files' examples.
+    for split in data.RAW_FILES:
+        for got, expected in zip(tfds_reference[split], data.load_arrays(split, "idx")):
+            np.testing.assert_array_equal(got, expected)
 
 
 def test_nothing_uses_pickle():
