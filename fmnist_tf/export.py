@@ -371,6 +371,23 @@ def _write_atomically(path, text):
         raise
 
 
+def model_config_path(base_path):
+    """Where an export of ``base_path`` lists it for TF Serving: ``models.config`` beside the base path."""
+    return os.path.join(os.path.dirname(str(base_path).rstrip("/")), MODEL_CONFIG_FILE)
+
+
+def read_listable_model_config(config_path, base_path):
+    """The ``ModelServerConfig`` in ``config_path`` (None when there is no file yet); ModelConfigError when
+    TF Serving would not parse it or an entry for ``base_path`` cannot be added to it. Runs check this before
+    they train, so that a bad file stops them before anything is written."""
+    if not tf.io.gfile.exists(str(config_path)):
+        return None
+    config = serving_check.read_model_config(config_path)
+    if config.WhichOneof("config") == "custom_model_config":
+        raise serving_check.ModelConfigError(f"{config_path} holds a custom_model_config; list {base_path} yourself")
+    return config
+
+
 def write_model_config(config_path, base_path, model_name=None):
     """Add or update ``model_name``'s entry (default: the base path's folder name) in TF Serving's
     ``config_path``, keeping every other entry; return ``config_path``.
@@ -397,12 +414,7 @@ def write_model_config(config_path, base_path, model_name=None):
     try:
         if lock is not None:
             fcntl.flock(lock, fcntl.LOCK_EX)
-        if tf.io.gfile.exists(str(config_path)):
-            config = serving_check.read_model_config(config_path)
-        else:
-            config = model_server_config_pb2.ModelServerConfig()
-        if config.WhichOneof("config") == "custom_model_config":
-            raise serving_check.ModelConfigError(f"{config_path} holds a custom_model_config; list {base_path} yourself")
+        config = read_listable_model_config(config_path, base_path) or model_server_config_pb2.ModelServerConfig()
         entries = config.model_config_list.config
         entry = next((e for e in entries if e.name == model_name), None) or entries.add(name=model_name)
         entry.base_path, entry.model_platform = str(base_path), "tensorflow"

@@ -85,6 +85,7 @@ class Config:
             raise data.DataError(f"raw_dir {self.raw_dir} does not exist or is not a folder")
         if self.export_dir:
             export.check_writable(self.export_dir)
+            export.read_listable_model_config(export.model_config_path(self.export_dir), self.export_dir)
 
 
 def make_deterministic(seed):
@@ -365,8 +366,7 @@ def _export(model, export_dir, warmup_images, chief, provenance):
     """Export a version from the chief; other workers export to a scratch folder and delete it."""
     if chief:
         path = export.export_saved_model(model, export_dir, warmup_images=warmup_images, provenance=provenance)
-        config_path = os.path.join(os.path.dirname(export_dir.rstrip("/")), export.MODEL_CONFIG_FILE)
-        export.write_model_config(config_path, export_dir)
+        export.write_model_config(export.model_config_path(export_dir), export_dir)
         return str(path)
     scratch = tempfile.mkdtemp(prefix="fmnist-worker-export-")
     try:

@@ -162,8 +162,8 @@ def test_only_tensorflows_known_start_up_lines_are_dropped():
         "E0000 00:00:1796050710.331669   10402 cuda_platform.cc:52] failed call to cuInit: UNKNOWN ERROR (999)\n"
         "/x/numpy/__init__.py:1: UserWarning: something else\n"
     )
-    assert startup.without_startup_noise(TF_STARTUP) == ""
-    assert startup.without_startup_noise(TF_STARTUP + other) == other
+    assert startup.without_noise(TF_STARTUP) == ""
+    assert startup.without_noise(TF_STARTUP + other) == other
 
 
 def test_a_tensorflow_that_fails_to_start_is_shown_in_full(tmp_path):

@@ -36,14 +36,14 @@ def exports(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def converted(exports, tmp_path_factory):
-    """kind -> (figures, out dir, stdout): softmax through scripts/export_lite.py as a user runs it (its
-    --metrics_json read back), mlp and cnn through lite.export_lite in-process (stdout None)."""
+    """kind -> (figures, out dir, finished process): softmax through scripts/export_lite.py as a user runs it
+    (its --metrics_json read back), mlp and cnn through lite.export_lite in-process (no process: None)."""
     out = tmp_path_factory.mktemp("lite")
     metrics = out / "softmax.json"
     done = run_script("export_lite.py", f"--model_dir={exports['softmax']}", f"--out_dir={out / 'softmax'}",
                       "--source=idx", f"--metrics_json={metrics}")  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
-    results = {"softmax": (json.loads(metrics.read_text()), out / "softmax", done.stdout)}
+    results = {"softmax": (json.loads(metrics.read_text()), out / "softmax", done)}
     for kind in KINDS[1:]:
         results[kind] = (lite.export_lite(exports[kind], out / kind, source="idx"), out / kind, None)
     return results
@@ -134,8 +134,10 @@ def test_int8_calibrates_on_a_seeded_sample_of_the_images_it_is_given():
     assert not np.array_equal(sample, lite.representative_images(images, count=500, seed=4))
 
 
-def test_the_script_prints_one_row_per_model(converted):
-    figures, _, stdout = converted["softmax"]
+def test_the_script_prints_one_row_per_model_and_nothing_on_stderr(converted):
+    figures, _, done = converted["softmax"]
+    stdout = done.stdout
+    assert done.stderr == ""  # LiteRT's quantizer and interpreter lines held back
     saved = figures["saved_model"]
     assert f"SavedModel {saved['path']}: test accuracy {saved['test_accuracy']:.4f}" in stdout
     for name in lite.MODEL_FILES:
@@ -156,6 +158,7 @@ def test_evaluate_on_a_tflite_matches_its_own_predictions(converted, test_arrays
     done = run_script("evaluate.py", f"--model_dir={path}", f"--out_dir={tmp_path}", "--source=idx")
     assert done.returncode == 0, done.stderr[-3000:]
     assert f"model {path}: test accuracy {np.mean(predictions == labels):.4f} on 10000 images" in done.stdout
+    assert done.stderr == ""
     report = json.loads((tmp_path / "report.json").read_text())
     assert report["model_path"] == str(path) and report["examples"] == 10_000
     assert report["accuracy"] == np.mean(predictions == labels)

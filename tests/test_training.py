@@ -1,13 +1,14 @@
 import dataclasses
 import json
 import os
+import re
 import uuid
 
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from fmnist_tf import data, evaluation, export, training
+from fmnist_tf import data, evaluation, export, serving_check, training
 
 
 def _config(tmp_path, **overrides):
@@ -78,6 +79,24 @@ def test_bad_config_is_rejected_before_any_work(tmp_path, field, value, message)
     config = _config(tmp_path, **{field: value})
     with pytest.raises(ValueError, match=message):
         training.run(config)
+    assert export.versions(tmp_path / "fashion_mnist") == []
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ('model_config_list { config { name: "a"\n', "is not a TF Serving model config"),  # unbalanced
+        ('custom_model_config { type_url: "x" }\n', "holds a custom_model_config"),
+    ],
+)
+def test_a_models_config_the_export_could_not_update_stops_the_run_before_any_work(tmp_path, text, message):
+    config = _config(tmp_path, workdir=str(tmp_path / "work"))
+    path = tmp_path / export.MODEL_CONFIG_FILE
+    path.write_text(text)
+    with pytest.raises(serving_check.ModelConfigError, match=f"{re.escape(str(path))}.*{message}"):
+        training.run(config)
+    assert path.read_text() == text
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["fashion_mnist", export.MODEL_CONFIG_FILE]
     assert export.versions(tmp_path / "fashion_mnist") == []
 
 

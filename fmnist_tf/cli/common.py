@@ -34,6 +34,12 @@ def logs_requested():
     return flags.FLAGS["verbosity"].present
 
 
+def lite_output_held_back():
+    """A block whose LiteRT informational lines on stderr (``startup.LITE_NOISE``) are dropped, unless --verbosity
+    asks for logs; anything else it writes to stderr is shown when it ends."""
+    return contextlib.nullcontext() if logs_requested() else startup.held_back_stderr(startup.LITE_NOISE)
+
+
 def parse_flags(argv):
     """absl's flag parsing with a bad value or a stray argument reported in one line (absl's default adds a
     second); TF and TFDS log only warnings and errors unless --verbosity asks for more."""

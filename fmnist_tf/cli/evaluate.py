@@ -39,7 +39,8 @@ def main(argv):
 
     out_dir = FLAGS.out_dir or default_out_dir(FLAGS.model_dir)  # a missing model stops here, before any build
     common.prepare_data(FLAGS.source, FLAGS.raw_dir, FLAGS.tfds_dir)
-    report = evaluation.evaluate_model(FLAGS.model_dir, out_dir, FLAGS.source, FLAGS.raw_dir, FLAGS.tfds_dir)
+    with common.lite_output_held_back():  # a .tflite model starts a LiteRT interpreter
+        report = evaluation.evaluate_model(FLAGS.model_dir, out_dir, FLAGS.source, FLAGS.raw_dir, FLAGS.tfds_dir)
     print(f"model {report['model_path']}: test accuracy {report['accuracy']:.4f} on {report['examples']} images")
     print(f"{'class':<12}{'precision':>10}{'recall':>8}{'f1':>8}{'support':>9}")
     for row in report["per_class"]:

@@ -17,6 +17,7 @@ it, also one that must not import the rest of the package.
 """
 
 import atexit
+import contextlib
 import gc
 import os
 import re
@@ -52,11 +53,42 @@ def file_flags_under_door(module_name):
         by_module.setdefault(sys.argv[0], []).extend(by_module.pop(module_name))
 
 
-def without_startup_noise(text):
-    """``text`` without the lines that match ``STARTUP_NOISE``."""
-    return "".join(
-        line for line in text.splitlines(keepends=True) if not any(p.match(line.rstrip("\n")) for p in STARTUP_NOISE)
+# Lines LiteRT's C++ side writes to stderr, whatever the log level, as a model is quantized (its settings) and
+# as an interpreter starts (its default CPU delegate): information, not problems.
+LITE_NOISE = tuple(
+    re.compile(pattern)
+    for pattern in (
+        r"fully_quantize: \d+, inference_type: \d+, input_inference_type: \w+, output_inference_type: \w+$",
+        r"INFO: Created TensorFlow Lite XNNPACK delegate for CPU\.$",
     )
+)
+
+
+def without_noise(text, noise=STARTUP_NOISE):
+    """``text`` without the lines that match one of the ``noise`` patterns."""
+    return "".join(line for line in text.splitlines(keepends=True) if not any(p.match(line.rstrip("\n")) for p in noise))
+
+
+@contextlib.contextmanager
+def held_back_stderr(noise=STARTUP_NOISE):
+    """Hold whatever the block writes to stderr, file descriptor 2 (C++ as well as Python), in a temporary file;
+    then write it back without the lines matching ``noise``, or all of it if the block raised."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    failed = True
+    with tempfile.TemporaryFile() as held:
+        os.dup2(held.fileno(), 2)
+        try:
+            yield
+            failed = False
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            held.seek(0)
+            text = held.read().decode(errors="replace")
+            sys.stderr.write(text if failed else without_noise(text, noise))
+            sys.stderr.flush()
 
 
 # Keras 3, which TensorFlow imports as it starts, imports scikit-learn and matplotlib when they are installed,
@@ -92,24 +124,6 @@ def start_tensorflow(hold_back=True):
     start TF's runtime, so thread pools and multi-worker strategies can still be configured afterwards.
     ``hold_back=False`` leaves stderr alone (a user who asked for logs sees everything).
     """
-    if not hold_back:
+    with held_back_stderr() if hold_back else contextlib.nullcontext():
         tf = import_tensorflow()
         tf.config.list_physical_devices()
-        return
-    sys.stderr.flush()
-    saved = os.dup(2)
-    failed = True
-    with tempfile.TemporaryFile() as held:
-        os.dup2(held.fileno(), 2)
-        try:
-            tf = import_tensorflow()
-            tf.config.list_physical_devices()
-            failed = False
-        finally:
-            sys.stderr.flush()
-            os.dup2(saved, 2)
-            os.close(saved)
-            held.seek(0)
-            text = held.read().decode(errors="replace")
-            sys.stderr.write(text if failed else without_startup_noise(text))
-            sys.stderr.flush()
