@@ -12,7 +12,6 @@ import dataclasses
 import hashlib
 import json
 import os
-import pathlib
 import shutil
 import tempfile
 import time
@@ -81,8 +80,7 @@ class Config:
         for name, allowed in (("source", data.SOURCES), ("model", configs.MODELS), ("optimizer", configs.OPTIMIZERS)):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
-        if not pathlib.Path(self.raw_dir).is_dir():
-            raise data.DataError(f"raw_dir {self.raw_dir} does not exist or is not a folder")
+        data.check_raw_dir(self.raw_dir)
         if self.export_dir:
             export.check_writable(self.export_dir)
             export.read_listable_model_config(export.model_config_path(self.export_dir), self.export_dir)

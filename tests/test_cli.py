@@ -57,6 +57,17 @@ def test_help_and_bad_flags_answer_before_tensorflow_under_the_doors_name(door, 
     assert errors == ["error: Unknown command line flag 'no_such_flag'"]
 
 
+def test_a_raw_dir_that_is_not_a_folder_is_answered_before_tensorflow(tmp_path):
+    script = str(REPO / "scripts" / "train.py")
+    done = subprocess.run([sys.executable, "-X", "importtime", script, f"--raw_dir={tmp_path / 'nowhere'}"],
+                          capture_output=True, text=True, cwd=tmp_path, timeout=60)  # fmt: skip
+    assert done.returncode == 1
+    assert not _imported_modules(done.stderr) & {"tensorflow", "keras", "tensorflow_datasets"}
+    errors = [line for line in done.stderr.splitlines() if not line.startswith("import time:")]
+    nowhere = tmp_path / "nowhere"
+    assert errors == [f"error: flag --raw_dir={nowhere}: raw_dir {nowhere} does not exist or is not a folder"]
+
+
 def test_train_help_says_each_models_defaults(tmp_path):
     done = run_script("train.py", "--help", cwd=tmp_path, timeout=60)
     text = " ".join(done.stdout.split())

@@ -13,17 +13,26 @@ import time
 from absl import app, flags, logging
 
 from fmnist_tf.cli import startup
-from fmnist_tf.data.files import DEFAULT_RAW_DIR, SOURCES, TFDS_NAME
+from fmnist_tf.data.files import DEFAULT_RAW_DIR, SOURCES, TFDS_NAME, DataError, check_raw_dir
 
 # The data flags below are defined on behalf of each job: absl then files them under the job's module,
 # and --helpfull lists them with the job's other flags.
 flags.disclaim_key_flags()
 
 
+def _raw_dir_is_a_folder(path):
+    try:
+        check_raw_dir(path)
+    except DataError as e:
+        raise flags.ValidationError(str(e)) from None
+    return True
+
+
 def define_data_flags():
     """--source, --raw_dir and --tfds_dir, for the job that calls it."""
     flags.DEFINE_enum("source", "tfds", list(SOURCES), "Where examples come from: TFDS or the raw IDX files.")
     flags.DEFINE_string("raw_dir", str(DEFAULT_RAW_DIR), "Folder holding the four original .gz files.")
+    flags.register_validator("raw_dir", _raw_dir_is_a_folder)  # answered before TensorFlow starts
     flags.DEFINE_string(
         "tfds_dir", None, "TFDS data dir; default TFDS's own ($TFDS_DATA_DIR or ~/tensorflow_datasets)."
     )

@@ -18,6 +18,7 @@ from fmnist_tf.data.files import (  # noqa: F401  (re-exported: the dataset's fa
     TFDS_NAME,
     VALIDATION_SIZE,
     DataError,
+    check_raw_dir,
     check_split_files,
     raw_file_paths,
     read_idx_header,

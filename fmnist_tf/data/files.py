@@ -57,6 +57,12 @@ def _fix_hint(raw_dir):
     )
 
 
+def check_raw_dir(raw_dir):
+    """DataError unless ``raw_dir`` is a folder (what its files hold is checked where they are read)."""
+    if not pathlib.Path(raw_dir).is_dir():
+        raise DataError(f"raw_dir {raw_dir} does not exist or is not a folder")
+
+
 def raw_file_paths(raw_dir, split):
     """Paths of ``split``'s (images, labels) files in ``raw_dir``; DataError if a file is missing."""
     raw_dir = pathlib.Path(raw_dir)
