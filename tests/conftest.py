@@ -32,6 +32,7 @@ REPO = pathlib.Path(__file__).resolve().parent.parent
 SPREAD_FILES = {"test_reliability.py", "test_scripts.py", "test_cache.py"}
 
 
+@pytest.hookimpl(optionalhook=True)  # pytest-xdist's hook: unknown to pytest without it
 def pytest_xdist_make_scheduler(config, log):
     from xdist.scheduler import LoadScopeScheduling
 
