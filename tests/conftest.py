@@ -45,9 +45,12 @@ def pytest_xdist_make_scheduler(config, log):
 
 
 def pytest_collection_modifyitems(items):
-    # Tests that need the first user's run (it builds TFDS, ~50 s) after the others, so that while one worker
-    # makes it the other has work (setup.cfg keeps this order: --no-loadscope-reorder).
-    items.sort(key=lambda item: bool({"first_user", "tfds_dir"} & set(item.fixturenames)))
+    # The tests that need the first user's run (it builds TFDS, ~50 s, in the background from the session's start),
+    # and the other tests of their file when it goes whole to one worker, after all the others: meanwhile both
+    # workers have work (setup.cfg keeps this order: --no-loadscope-reorder).
+    late = {item.path if item.path.name not in SPREAD_FILES else item for item in items
+            if {"first_user", "tfds_dir"} & set(item.fixturenames)}  # fmt: skip
+    items.sort(key=lambda item: item in late or item.path in late)
 
 
 def shared_folder(tmp_path_factory, name, make):
