@@ -1,5 +1,5 @@
 """What a job's door does before its main: file the job's flags under the door's name, and start TensorFlow
-without its C++ start-up chatter on stderr.
+without its C++ start-up chatter on stderr (``held_back_stderr``, which the LiteRT jobs use for LiteRT's too).
 
 absl's ``--help`` lists the flags that the module named by ``sys.argv[0]`` defines (or declares key flags),
 and ``--helpfull`` lists that module first; a job's flags are defined in ``fmnist_tf.cli.<job>`` but run
