@@ -40,6 +40,7 @@ OUTPUT_NAMES = ("probabilities", "class_id", "class_name")
 WARMUP_FILE = serving_check.WARMUP_FILE
 PROVENANCE_FILE = serving_check.PROVENANCE_FILE
 MODEL_CONFIG_FILE = serving_check.MODEL_CONFIG_FILE
+model_config_path = serving_check.model_config_path
 TMP_PREFIX = ".tmp-"
 # A temporary export whose writer cannot be checked (another host's) is left alone this long: an export
 # takes seconds, and on shared storage a live one must never be deleted under its writer.
@@ -359,23 +360,6 @@ def _publish_by_copy(model, base_path, warmup_images, model_name, provenance):
             storage.remove_tree(tmp)
 
 
-def _write_atomically(path, text):
-    """Replace ``path`` with ``text`` in one step; the new file gets open()'s mode under the umask."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}-{secrets.token_hex(4)}")
-    with open(tmp, "x") as f:
-        f.write(text)
-    try:
-        os.replace(tmp, path)
-    except OSError:
-        tmp.unlink()
-        raise
-
-
-def model_config_path(base_path):
-    """Where an export of ``base_path`` lists it for TF Serving: ``models.config`` beside the base path."""
-    return os.path.join(os.path.dirname(str(base_path).rstrip("/")), MODEL_CONFIG_FILE)
-
-
 def read_listable_model_config(config_path, base_path):
     """The ``ModelServerConfig`` in ``config_path`` (None when there is no file yet); ModelConfigError when
     TF Serving would not parse it or an entry for ``base_path`` cannot be added to it. Runs check this before
@@ -418,10 +402,8 @@ def write_model_config(config_path, base_path, model_name=None):
         entries = config.model_config_list.config
         entry = next((e for e in entries if e.name == model_name), None) or entries.add(name=model_name)
         entry.base_path, entry.model_platform = str(base_path), "tensorflow"
-        if local:
-            _write_atomically(config_path, text_format.MessageToString(config))
-        else:
-            storage.write_text(config_path, text_format.MessageToString(config))
+        write = storage.replace_file if local else storage.write_text
+        write(config_path, text_format.MessageToString(config))
     finally:
         if lock is not None:
             os.close(lock)

@@ -12,7 +12,6 @@ a seeded sample of training images (never test images); its input stays raw uint
 is dequantized to float, so a client treats both models alike.
 """
 
-import os
 import pathlib
 import tempfile
 import time
@@ -88,14 +87,6 @@ def convert(version_dir, representative):
     return models
 
 
-def _write_atomically(path, content):
-    # A reader never sees half a model: written beside it, then renamed over it in one step.
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_bytes(content)
-    os.replace(tmp, path)
-    return path
-
-
 def write_models(version_dir, out_dir, representative):
     """Write model_float32.tflite, model_int8.tflite and labels.txt to ``out_dir``; return their paths.
 
@@ -103,10 +94,10 @@ def write_models(version_dir, out_dir, representative):
     """
     out_dir = check_out_dir(out_dir)
     paths = {
-        kind: _write_atomically(out_dir / MODEL_FILES[kind], content)
+        kind: storage.replace_file(out_dir / MODEL_FILES[kind], content)
         for kind, content in convert(version_dir, representative).items()
     }
-    labels = _write_atomically(out_dir / LABELS_FILE, "".join(f"{name}\n" for name in data.CLASS_NAMES).encode())
+    labels = storage.replace_file(out_dir / LABELS_FILE, "".join(f"{name}\n" for name in data.CLASS_NAMES).encode())
     return paths, labels
 
 

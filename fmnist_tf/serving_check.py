@@ -577,13 +577,18 @@ def accuracy_check(saved_model, raw_dir, provenance):
     return Check("test accuracy", ok, detail)
 
 
+def model_config_path(base_path):
+    """Where fmnist_tf lists ``base_path`` for TF Serving: ``models.config`` beside the base path."""
+    return os.path.join(os.path.dirname(str(base_path).rstrip("/")), MODEL_CONFIG_FILE)
+
+
 def run_checks(model_dir, raw_dir=DEFAULT_RAW_DIR):
     """Every pre-flight check of the export at ``model_dir`` (base path or version): (list of Check, provenance).
 
     Raises ServingCheckError only when ``model_dir`` is not an export at all.
     """
     base_path, number, version_dir = resolve_export(model_dir)
-    config_path = base_path.parent / MODEL_CONFIG_FILE
+    config_path = pathlib.Path(model_config_path(base_path))
     checks = []
     try:
         provenance = read_provenance(version_dir)

@@ -8,6 +8,7 @@ are joined with ``os.path.join``, which keeps a URL's ``//``.
 import json
 import os
 import pathlib
+import secrets
 import tempfile
 
 import tensorflow as tf
@@ -33,6 +34,24 @@ def ensure_writable_dir(path):
     path.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryFile(dir=path):
         pass
+    return path
+
+
+def replace_file(path, content):
+    """Replace the local file ``path`` with ``content`` (bytes or str) in one step; return ``path``.
+
+    Written beside it under a name of its own (exclusive create), then renamed over it: a reader sees the
+    old file or the new, never a part, and the new file gets open()'s mode under the umask.
+    """
+    path = pathlib.Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}-{secrets.token_hex(4)}")
+    with open(tmp, "xb" if isinstance(content, bytes) else "x") as f:
+        f.write(content)
+    try:
+        os.replace(tmp, path)
+    except OSError:
+        tmp.unlink()
+        raise
     return path
 
 
