@@ -7,8 +7,8 @@ command-line flags and the serving check import quickly.
 from fmnist_tf._lazy import lazy_exports
 
 _EXPORTS = {
-    **dict.fromkeys(("CLASS_NAMES", "DataError", "evaluation_pipeline", "load_arrays", "load_split",
-                     "load_split_arrays", "load_splits", "normalize", "prepare_tfds"), "data"),  # fmt: skip
+    **dict.fromkeys(("CLASS_NAMES", "DataError", "Examples", "evaluation_data", "load_arrays", "load_examples",
+                     "load_split", "load_splits", "normalize", "prepare_tfds", "training_data"), "data"),  # fmt: skip
     **dict.fromkeys(("ModelDirError", "evaluate_saved_model"), "evaluation"),
     **dict.fromkeys(("ExportError", "export_saved_model", "latest_version_path"), "export"),
     **dict.fromkeys(("build_model", "make_optimizer"), "model"),

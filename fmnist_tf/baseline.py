@@ -22,8 +22,8 @@ def load_baseline_arrays(source="tfds", raw_dir=data.DEFAULT_RAW_DIR, tfds_dir=N
     """
     arrays = []
     for split in ("train", "test"):
-        images, labels = data.load_arrays(split, source, raw_dir, tfds_dir)
-        arrays.append(data.to_file_order(split, images.reshape(len(images), -1) / 255.0, labels))
+        images, labels = data.load_arrays_in_file_order(split, source, raw_dir, tfds_dir)
+        arrays.append((images.reshape(len(images), -1) / 255.0, labels))
     return tuple(arrays)
 
 

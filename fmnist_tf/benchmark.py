@@ -17,6 +17,7 @@ import numpy as np
 import tensorflow as tf
 
 from fmnist_tf import baseline, data, evaluation, export, lite, training
+from fmnist_tf.data import decoded
 from fmnist_tf.model import build_model, make_optimizer
 
 EPOCHS, BATCH_SIZE = 5, 32
@@ -41,7 +42,8 @@ def notebook_fit(train, validation, seed):
 
 
 def package_fit(train, validation, seed):
-    """This package's training path on the same arrays: training.train, default strategy."""
+    """This package's training path on the same examples (``data.Examples``), streamed through its tf.data
+    pipeline: training.train, default strategy."""
     keras.utils.set_random_seed(seed)
     model, optimizer = build_model(), make_optimizer()
     start = time.perf_counter()
@@ -51,12 +53,14 @@ def package_fit(train, validation, seed):
     return time.perf_counter() - start, history["val_accuracy"][-1], model
 
 
-def bench_training(arrays, repeats, seed=42):
-    """Fit seconds and final validation accuracy of both ways, ``repeats`` times each, interleaved."""
+def bench_training(splits, repeats, seed=42):
+    """Fit seconds and final validation accuracy of both ways, ``repeats`` times each, interleaved: the notebook
+    on NumPy arrays in memory (its way), the package streaming ``splits`` (``data.Examples``) from disk."""
+    arrays = {name: data.to_numpy(examples) for name, examples in splits.items()}
     notebook, package = [], []
     for _ in range(repeats):
         notebook.append(notebook_fit(arrays["train"], arrays["validation"], seed))
-        package.append(package_fit(arrays["train"], arrays["validation"], seed))
+        package.append(package_fit(splits["train"], splits["validation"], seed))
     nb_seconds, pk_seconds = summary([s for s, _ in notebook]), summary([s for s, _, _ in package])
     return {
         "notebook_fit_seconds": nb_seconds,
@@ -80,7 +84,7 @@ def _python_last_line(code, *args):
 NOTEBOOK_DEFAULT_THREADS = """
 import json, sys
 from fmnist_tf import benchmark, data
-arrays = data.load_split_arrays(42, "tfds", tfds_dir=sys.argv[2] or None)
+arrays = {k: data.to_numpy(v) for k, v in data.load_splits(42, "tfds", tfds_dir=sys.argv[2] or None).items()}
 print(json.dumps([benchmark.notebook_fit(arrays["train"], arrays["validation"], 42)[0] for _ in range(int(sys.argv[1]))]))
 """
 
@@ -105,21 +109,17 @@ def _images_per_second(ds, repeats=1):
     return rates
 
 
-def bench_pipelines(tfds_dir, arrays, seed=42):
-    """Images/s of the package's pipelines and of TFDS's Keras example pipeline, read the same way."""
+def bench_pipelines(tfds_dir, splits, seed=42):
+    """Images/s of the package's pipelines and of TFDS's Keras example pipeline, each iterated in Python."""
     import tensorflow_datasets as tfds
 
     rates = {}
-    rates["tfds_first_epoch"] = _images_per_second(data.load_split("train", "tfds", tfds_dir=tfds_dir).batch(BATCH_SIZE))[0]
-    rates["idx_first_epoch"] = _images_per_second(data.load_split("train", "idx").batch(BATCH_SIZE))[0]
-    images, labels = (tf.constant(a) for a in arrays["train"])
-    start = time.perf_counter()
-    for epoch in range(EPOCHS):
-        for x, _ in data.epoch_tensors(images, labels, BATCH_SIZE, seed, epoch):
-            x.numpy()
-    rates["package_epoch_tensors"] = EPOCHS * len(arrays["train"][1]) / (time.perf_counter() - start)
-    rates["package_epoch_batches"] = statistics.median(
-        _images_per_second(data.epoch_batches(images, labels, BATCH_SIZE, seed, 0), repeats=3)
+    builder = data.prepare_tfds(data.DEFAULT_RAW_DIR, tfds_dir)
+    rates["tfds_records_decoded_per_example"] = _images_per_second(decoded.tfds_blocks(builder, "train"))[0]
+    rates["tfds_decoded_copy"] = statistics.median(_images_per_second(splits["train"].blocks, repeats=3))
+    rates["idx_files"] = _images_per_second(data.load_examples("train", "idx").blocks)[0]
+    rates["package_training_data_epoch"] = statistics.median(
+        _images_per_second(data.training_data(splits["train"], BATCH_SIZE, seed, range(1)), repeats=3)
     )
 
     # TFDS docs/keras_example: map(normalize) -> cache -> shuffle -> batch -> prefetch.
@@ -156,10 +156,12 @@ def bench_serving(model, test_images):
     with tempfile.TemporaryDirectory() as tmp:
         path = export.export_saved_model(model, f"{tmp}/fashion_mnist")
         serve = tf.saved_model.load(str(path)).signatures["serving_default"]
-        one, batch, everything = (tf.constant(test_images[:n]) for n in (1, 1024, len(test_images)))
+        one, batch, everything = (tf.constant(test_images[:n]) for n in (1, export.MAX_BATCH, len(test_images)))
+        # A request takes at most export.MAX_BATCH images: the whole test set goes as a client sends it, in parts.
+        parts = [everything[i : i + export.MAX_BATCH] for i in range(0, len(test_images), export.MAX_BATCH)]
         p50, p99 = _latencies_ms(lambda: serve(images=one), calls=500)
         batch_ms, _ = _latencies_ms(lambda: serve(images=batch), calls=30, warmup=3)
-        all_ms, _ = _latencies_ms(lambda: serve(images=everything), calls=10, warmup=2)
+        all_ms, _ = _latencies_ms(lambda: [serve(images=part) for part in parts], calls=10, warmup=2)
     pixels_one, pixels_batch, pixels_all = (data.normalize(x) for x in (one, batch, everything))
     predict_p50, predict_p99 = _latencies_ms(lambda: model.predict(pixels_one, verbose=0), calls=100, warmup=5)
     predict_batch_ms, _ = _latencies_ms(lambda: model.predict(pixels_batch, verbose=0), calls=20, warmup=2)
@@ -321,8 +323,8 @@ import sys, time
 from fmnist_tf import data, training
 from fmnist_tf.model import build_model, make_optimizer
 import tensorflow as tf
-arrays = data.load_split_arrays(42, "tfds", tfds_dir=sys.argv[1] or None)
-small = {k: (x[:32], y[:32]) for k, (x, y) in arrays.items()}
+splits = data.load_splits(42, "tfds", tfds_dir=sys.argv[1] or None)
+small = {k: data.as_examples(v.blocks.take(1).map(lambda x, y: (x[:32], y[:32])), k) for k, v in splits.items()}
 training.train(build_model(), make_optimizer(), small["train"], small["validation"], 1, 32, 42,
                tf.distribute.get_strategy(), verbose=False)
 print(time.time())
@@ -338,3 +340,58 @@ def bench_cold_start(tfds_dir=None):
         data.prepare_tfds(data.DEFAULT_RAW_DIR, fresh)
         prepare = time.perf_counter() - began
     return {"cold_start_seconds": cold, "tfds_prepare_seconds": prepare}
+
+
+# One epoch of run(datasets=...) over blocks saved with Dataset.save, in a fresh process: the peak RSS of the run
+# (Linux's high-water mark, reset once TensorFlow is imported: writing 5 to clear_refs) and the rate.
+SCALING_RUN = """
+import json, sys
+import tensorflow as tf
+from fmnist_tf import data, training
+
+
+def rss_mb(field):
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith(field)) / 1024
+
+
+train_dir, test_dir, buffer = sys.argv[1], sys.argv[2], int(sys.argv[3])
+datasets = {"train": tf.data.Dataset.load(train_dir), "validation": tf.data.Dataset.load(test_dir),
+            "test": tf.data.Dataset.load(test_dir)}
+config = training.Config(epochs=1, export_dir="", shuffle_buffer=buffer, verbose=False)
+before = rss_mb("VmRSS:")
+with open("/proc/self/clear_refs", "w") as f:
+    f.write("5")
+figures = training.run(config, datasets=datasets)
+print(json.dumps({"fit_seconds": figures["fit_seconds"], "rss_before_mb": before, "peak_rss_mb": rss_mb("VmHWM:")}))
+"""
+
+
+def bench_scaling(train, test, copies=10, shuffle_buffer=10_000):
+    """One epoch over the ``train`` examples and over ``copies`` times as many examples, each saved on disk with
+    ``Dataset.save`` (the 10x copies each with its pixels flipped left-right on odd copies, so they differ),
+    at a fixed ``shuffle_buffer``, in fresh processes: peak RSS (MB) and examples/s of each, and what holding
+    the larger one in memory would add (its uint8 pixels and int64 labels)."""
+    figures = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        train.blocks.save(f"{tmp}/x1")
+        test.blocks.save(f"{tmp}/test")
+
+        def copy(i):
+            return train.blocks.map(lambda x, y: (x if i % 2 == 0 else tf.reverse(x, [-1]), y))
+
+        tf.data.Dataset.range(copies).flat_map(copy).save(f"{tmp}/x{copies}")
+        for name, count in (("x1", train.count), (f"x{copies}", copies * train.count)):
+            seconds, done = _timed_process(
+                [sys.executable, "-c", SCALING_RUN, f"{tmp}/{name}", f"{tmp}/test", str(shuffle_buffer)]
+            )
+            run = json.loads(done.stdout.strip().splitlines()[-1])
+            figures[name] = {"examples": count, "rss_before_mb": run["rss_before_mb"], "peak_rss_mb": run["peak_rss_mb"],
+                             "examples_per_s": count / run["fit_seconds"], "process_seconds": seconds}  # fmt: skip
+    larger = figures[f"x{copies}"]
+    return {
+        "scaling": figures,
+        "scaling_shuffle_buffer": shuffle_buffer,
+        "scaling_added_rss_mb": larger["peak_rss_mb"] - figures["x1"]["peak_rss_mb"],
+        "scaling_in_memory_would_add_mb": (copies - 1) * train.count * (data.NUM_PIXELS + 8) / 2**20,  # MiB, as RSS
+    }

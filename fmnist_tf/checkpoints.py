@@ -10,18 +10,23 @@ Layout (a local folder or a bucket URL; every file through ``tf.io.gfile``)::
 import contextlib
 import json
 import os
+import re
 import shutil
 import socket
+import sys
 import tempfile
 import time
 
 import tensorflow as tf
+from google.protobuf import text_format
+from tensorflow.python.checkpoint import checkpoint_management
 
 from fmnist_tf import storage
+from fmnist_tf.export import nonfinite_variables
 
 HISTORY_KEYS = ("loss", "accuracy", "val_loss", "val_accuracy")
 # What shapes the training steps, as train.py's flags name it: a resumed run must have the same.
-SETTINGS = ("model", "optimizer", "learning_rate", "batch_size", "seed", "source")
+SETTINGS = ("model", "optimizer", "learning_rate", "batch_size", "seed", "source", "shuffle_buffer")
 RUN_FILE = "run.json"
 LOCK_FILE = "lock.json"
 CHECKPOINTS = "checkpoints"
@@ -31,8 +36,17 @@ HISTORY_FILE = "history.json"
 STALE_LOCK_SECONDS = 6 * 3600
 
 
+EPOCH_KEY = "epoch/.ATTRIBUTES/VARIABLE_VALUE"
+STATE_FILE = "checkpoint"  # tf.train.CheckpointManager's list of its checkpoints
+_CHECKPOINT_INDEX = re.compile(r"ckpt-([0-9]+)\.index")
+
+
 class WorkdirError(ValueError):
     """The workdir belongs to another run, or is in use."""
+
+
+class CheckpointError(WorkdirError):
+    """A checkpoint, or the history beside it, cannot be read or written."""
 
 
 def empty_history():
@@ -40,14 +54,63 @@ def empty_history():
     return {k: [] for k in HISTORY_KEYS}
 
 
-def completed_epochs(workdir):
-    """How many epochs the latest checkpoint under ``workdir`` holds (0 without one); read without a model."""
-    latest = tf.train.latest_checkpoint(os.path.join(workdir, CHECKPOINTS))
-    if latest is None:
-        return 0
-    # The reader of that very checkpoint: tf.train.load_variable first asks whether the prefix is a folder,
+def _reader(prefix):
+    # The reader of that very checkpoint: tf.train.load_checkpoint first asks whether the prefix is a folder,
     # which ram:// (matching names by prefix) answers yes.
-    return int(tf.compat.v1.train.NewCheckpointReader(latest).get_tensor("epoch/.ATTRIBUTES/VARIABLE_VALUE"))
+    return tf.compat.v1.train.NewCheckpointReader(prefix)
+
+
+def checkpoint_damage(prefix):
+    """Why the checkpoint at ``prefix`` cannot be restored (its index or a tensor unreadable, a checksum that
+    does not match), or None when every tensor reads back intact."""
+    try:
+        reader = _reader(prefix)
+        for name in reader.get_variable_to_shape_map():
+            reader.get_tensor(name)  # checks the tensor's stored CRC32C
+    except (tf.errors.OpError, IndexError, ValueError) as e:
+        return storage.reason(e)
+    return None
+
+
+def newest_intact_checkpoint(folder):
+    """(prefix of the newest intact checkpoint in ``folder`` or None, [(prefix, damage)] of newer damaged ones).
+
+    Found by listing ``ckpt-<N>.index`` files, not through CheckpointManager's ``checkpoint`` state file: a
+    missing or damaged state file must not make a run start over and write ckpt-1 over a good checkpoint.
+    """
+    folder = str(folder)
+    if not tf.io.gfile.isdir(folder):
+        return None, []
+    numbered = []
+    for name in tf.io.gfile.listdir(folder):
+        match = _CHECKPOINT_INDEX.fullmatch(name)
+        if match:
+            numbered.append((int(match.group(1)), os.path.join(folder, name[: -len(".index")])))
+    skipped = []
+    for _, prefix in sorted(numbered, reverse=True):
+        damage = checkpoint_damage(prefix)
+        if damage is None:
+            return prefix, skipped
+        skipped.append((prefix, damage))
+    return None, skipped
+
+
+def _no_intact_checkpoint(folder, skipped):
+    damaged = "; ".join(f"{prefix}: {damage}" for prefix, damage in skipped)
+    return CheckpointError(f"no intact checkpoint in {folder} ({damaged}): move {folder} aside to train from "
+                           "the start, or use another --workdir")  # fmt: skip
+
+
+def completed_epochs(workdir):
+    """How many epochs the newest intact checkpoint under ``workdir`` holds (0 without one); read without a
+    model. CheckpointError when there are checkpoints and none is intact."""
+    folder = os.path.join(str(workdir), CHECKPOINTS)
+    prefix, skipped = newest_intact_checkpoint(folder)
+    if prefix is None:
+        if skipped:
+            raise _no_intact_checkpoint(folder, skipped)
+        return 0
+    return int(_reader(prefix).get_tensor(EPOCH_KEY))
 
 
 def _absolute(path):
@@ -64,14 +127,23 @@ class Workdir:
     them, ``lock`` keeps a second process out, and run.json remembers the versions the run exported."""
 
     def __init__(self, path):
-        self.path = str(path)
+        self.path = str(storage.check_glob_free(path, "workdir"))
         self.run_file = os.path.join(self.path, RUN_FILE)
         self.lock_file = os.path.join(self.path, LOCK_FILE)
         self.holder = {"pid": os.getpid(), "host": socket.gethostname()}
 
     def read_record(self):
         """run.json's content, or None for a workdir no run has used."""
-        return storage.read_json(self.run_file) if tf.io.gfile.exists(self.run_file) else None
+        if not tf.io.gfile.exists(self.run_file):
+            return None
+        try:
+            record = storage.read_json(self.run_file)
+        except ValueError as e:
+            raise WorkdirError(f"{e}; it records this workdir's settings: restore it, or use another --workdir") from e
+        if not isinstance(record, dict) or not isinstance(record.get("settings"), dict):
+            raise WorkdirError(f"{self.run_file} is not a run record (no settings): restore it, or use another --workdir")
+        record.setdefault("exports", {})
+        return record
 
     def check(self, settings, epochs):
         """WorkdirError, before any work, unless a run with ``settings`` for ``epochs`` may use this workdir.
@@ -145,7 +217,16 @@ class Workdir:
         return content if with_time else {k: content.get(k) for k in self.holder}
 
     def _acquire(self):
-        tf.io.gfile.makedirs(self.path)
+        if tf.io.gfile.exists(self.path) and not tf.io.gfile.isdir(self.path):
+            raise WorkdirError(f"workdir {self.path} is a file, not a folder: use another --workdir")
+        try:
+            tf.io.gfile.makedirs(self.path)
+            self._try_acquire()
+        except (OSError, tf.errors.OpError) as e:
+            raise WorkdirError(f"workdir {self.path} cannot be written: {storage.reason(e)}; "
+                               "use a writable --workdir") from e  # fmt: skip
+
+    def _try_acquire(self):
         for _ in range(2):
             if self._create_lock():
                 return
@@ -198,6 +279,21 @@ def _alive(pid):
     return True
 
 
+def _state_file_problem(folder, restored):
+    """Why CheckpointManager's state file in ``folder`` does not name ``restored`` as its latest, or None."""
+    path = os.path.join(folder, STATE_FILE)
+    try:
+        state = text_format.Parse(storage.read_text(path), checkpoint_management.CheckpointState())
+    except tf.errors.NotFoundError:
+        return f"{path} is missing"
+    except (text_format.ParseError, UnicodeDecodeError, tf.errors.OpError):
+        return f"{path} does not parse"
+    latest = state.model_checkpoint_path
+    if os.path.basename(latest) != os.path.basename(restored):
+        return f"{path} names {latest or 'no checkpoint'} as the latest"
+    return None
+
+
 class Checkpoints:
     """Resume state under ``workdir``: every model variable (trainable or not, with the Dropout layers'
     seed-generator states), the optimizer, the epoch (tf.train.CheckpointManager), and the history.
@@ -205,38 +301,92 @@ class Checkpoints:
     The history JSON is written before each checkpoint, so after a kill it is never behind the
     checkpoint; on restore it is cut to the restored epoch. Workers other than the chief write to a
     local temporary folder, removed at the end (tf.distribute's multi-worker saving pattern).
+
+    A run resumes from the newest intact checkpoint, saying on stderr which newer ones it skipped and why; with
+    checkpoints but none intact, or a history that does not cover the restored epoch, it stops (CheckpointError).
+    An epoch that ends with weights that are not finite (training diverged) is not saved: the run stops and the
+    workdir keeps the last finite epoch.
     """
 
     def __init__(self, workdir, model, optimizer, chief):
         self.epoch = tf.Variable(0, dtype=tf.int64, trainable=False)
         self.restore_from = os.path.join(str(workdir), CHECKPOINTS)
         self.scratch = None if chief else tempfile.mkdtemp(prefix="fmnist-worker-")
-        save_dir = self.restore_from if chief else self.scratch
-        self.history_path = os.path.join(save_dir, HISTORY_FILE)
+        self.save_dir = self.restore_from if chief else self.scratch
+        self.history_path = os.path.join(self.save_dir, HISTORY_FILE)
+        self.model_variables = list(model.variables)
         # model.variables, not the model: Keras 3 layers do not hand their seed generators to tf.train's
         # object graph, so tf.train.Checkpoint(model=...) would drop the Dropout states.
-        self.checkpoint = tf.train.Checkpoint(
-            model_variables=list(model.variables), optimizer=optimizer, epoch=self.epoch
-        )
+        self.checkpoint = tf.train.Checkpoint(model_variables=self.model_variables, optimizer=optimizer, epoch=self.epoch)
         # Created now, restored with the rest: a save counter left for later is what TF warns about at exit.
         self.checkpoint.save_counter  # noqa: B018
-        self.manager = tf.train.CheckpointManager(self.checkpoint, save_dir, max_to_keep=2)
+        self._manager = None
+
+    @property
+    def manager(self):
+        """The CheckpointManager, made once restore() has dealt with its state file (it reads it when made)."""
+        if self._manager is None:
+            self._manager = tf.train.CheckpointManager(self.checkpoint, self.save_dir, max_to_keep=2)
+        return self._manager
 
     def restore(self):
-        """Restore the latest checkpoint if any; return (first epoch to run, history so far)."""
-        latest = tf.train.latest_checkpoint(self.restore_from)
-        if latest is None:
+        """Restore the newest intact checkpoint if any; return (first epoch to run, history so far)."""
+        prefix, skipped = newest_intact_checkpoint(self.restore_from)
+        if prefix is None:
+            if skipped:
+                raise _no_intact_checkpoint(self.restore_from, skipped)
             return 0, empty_history()
-        self.checkpoint.restore(latest).assert_consumed()
+        for damaged, damage in skipped:
+            print(f"warning: skipped the damaged checkpoint {damaged} ({damage}); resuming from {prefix}",
+                  file=sys.stderr)  # fmt: skip
+        state_problem = _state_file_problem(self.restore_from, prefix)
+        if state_problem:
+            if not skipped:
+                print(f"warning: {state_problem}; resuming from {prefix}, the newest intact checkpoint", file=sys.stderr)
+            # CheckpointManager would log that it ignores a state file that does not parse; the next save rewrites it.
+            # Only the chief's: another worker reads the chief's folder and saves to a scratch one.
+            if self.scratch is None:
+                with contextlib.suppress(tf.errors.OpError):
+                    tf.io.gfile.remove(os.path.join(self.restore_from, STATE_FILE))
+        self.checkpoint.restore(prefix).assert_consumed()
         start = int(self.epoch.numpy())
-        saved = storage.read_json(os.path.join(self.restore_from, HISTORY_FILE))
-        return start, {k: saved[k][:start] for k in HISTORY_KEYS}
+        return start, self._read_history(start, prefix)
+
+    def _read_history(self, start, prefix):
+        path = os.path.join(self.restore_from, HISTORY_FILE)
+        what_to_do = "restore it, or move the workdir aside and train from the start"
+        try:
+            saved = storage.read_json(path)
+        except tf.errors.NotFoundError as e:
+            raise CheckpointError(f"{path} is missing, so {prefix}'s {start} epochs have no history: {what_to_do}") from e
+        except ValueError as e:
+            raise CheckpointError(f"{e}; {what_to_do}") from e
+        short = [k for k in HISTORY_KEYS if not isinstance(saved, dict) or len(saved.get(k) or []) < start]
+        if short:
+            raise CheckpointError(f"{path} holds fewer epochs of {short[0]} than the {start} of {prefix}: "
+                                  f"{what_to_do}")  # fmt: skip
+        return {k: saved[k][:start] for k in HISTORY_KEYS}
 
     def save(self, epoch, history):
+        """Save ``epoch``'s state and ``history``; CheckpointError when the weights are not finite (nothing is
+        saved) or the files cannot be written (the previous checkpoint stays the one to resume from)."""
+        nonfinite = nonfinite_variables(self.model_variables)
+        if nonfinite:
+            raise CheckpointError(
+                f"training diverged: after epoch {epoch} the weights {nonfinite[0]} hold NaN or inf; epoch {epoch} "
+                f"was not saved and nothing exported ({self.save_dir} keeps the checkpoints before it): train again "
+                "with a lower --learning_rate in another --workdir"
+            )
         self.epoch.assign(epoch)
-        tf.io.gfile.makedirs(os.path.dirname(self.history_path))
-        storage.write_json(self.history_path, history)
-        self.manager.save()
+        try:
+            tf.io.gfile.makedirs(os.path.dirname(self.history_path))
+            storage.write_json(self.history_path, history)
+            self.manager.save()
+        except (OSError, tf.errors.OpError) as e:
+            raise CheckpointError(
+                f"cannot write the checkpoint of epoch {epoch} in {self.save_dir}: {storage.reason(e)}; free space "
+                "or fix the folder, then run again: it resumes after the last checkpoint written"
+            ) from e
 
     def close(self):
         if self.scratch:

@@ -27,6 +27,8 @@ MODEL_DEFAULTS = {
     "cnn": ModelDefaults(optimizer="adam", batch_size=64, epochs=10, threads=0),
 }
 MODELS = tuple(MODEL_DEFAULTS)
+# Threads beyond a few per core only queue up, each with its own stack: a huge count exhausts memory first.
+MAX_THREADS = 8 * (os.cpu_count() or 1)
 OPTIMIZERS = ("rmsprop", "adam", "sgd")
 # Exports land under the current directory, as command-line tools' outputs do.
 SAVED_MODELS_DIR = "saved_models"

@@ -126,17 +126,6 @@ def choose_strategy():
     return build_strategy(plan_strategy())
 
 
-def runs_in_graph_loop(strategy):
-    """True for the strategies whose step may sit inside a tf.while_loop: the default one and OneDeviceStrategy.
-
-    Every other strategy, even with one replica (MirroredStrategy on one device, MultiWorkerMirroredStrategy
-    without a cluster), aggregates gradients through a cross-replica ``merge_call``, which a while loop refuses.
-    """
-    return isinstance(strategy, tf.distribute.OneDeviceStrategy) or (
-        not tf.distribute.has_strategy() and strategy is tf.distribute.get_strategy()
-    )
-
-
 def configure_threads(threads):
     """Size TF's intra- and inter-op thread pools (0 keeps TF's default); False if TF already started.
 

@@ -32,6 +32,7 @@ def resolve_version(model_dir):
 
     ``model_dir`` may be a local folder or a gs://, s3:// or ram:// URL (kept a string: pathlib folds "//").
     """
+    storage.check_glob_free(model_dir, "model dir")
     path = pathlib.Path(model_dir) if storage.is_local(model_dir) else str(model_dir).rstrip("/")
     if not tf.io.gfile.isdir(str(path)):
         raise ModelDirError(f"model dir {path} does not exist or is not a folder")

@@ -45,8 +45,15 @@ TMP_PREFIX = ".tmp-"
 # A temporary export whose writer cannot be checked (another host's) is left alone this long: an export
 # takes seconds, and on shared storage a live one must never be deleted under its writer.
 STALE_TMP_SECONDS = 24 * 3600
-# serving_png decodes every image of a request; a cap keeps one request from holding a core for long.
-MAX_PNG_BATCH = 1024
+# Every signature refuses a request of more images than this: one request must not hold a core, or hundreds of
+# MB, for long (clients split larger batches).
+MAX_BATCH = 1024
+MAX_PNG_BATCH = MAX_BATCH
+# A 28x28 8-bit grayscale PNG holds 812 bytes of pixel data (28 rows of a filter byte and 28 pixels), ~900 bytes
+# stored uncompressed; more than this per PNG, or per request, is refused before any is decompressed (a zlib
+# bomb inside a valid 28x28 header would otherwise be inflated in full).
+MAX_PNG_BYTES = 4096
+MAX_PNG_REQUEST_BYTES = 2 * 1024 * 1024
 # A PNG opens with its 8-byte signature and the IHDR chunk (length 13, "IHDR"), then width and height
 # (big-endian uint32), bit depth and colour type: the first 26 bytes say what decode_png would allocate.
 _PNG_SIGNATURE_AND_IHDR = b"\x89PNG\r\n\x1a\n\x00\x00\x00\x0dIHDR"
@@ -56,6 +63,26 @@ _PNG_ACCEPTED = (*IMAGE_SHAPE[::-1], 8, 0)  # width, height, bit depth 8, colour
 
 class ExportError(OSError):
     """The export base path cannot be used."""
+
+
+class NonFiniteWeightsError(ValueError):
+    """The model's weights hold NaN or inf: training diverged, and such a model is never published."""
+
+
+def nonfinite_variables(variables):
+    """The paths (or names) of the floating-point ``variables`` that hold a NaN or an infinity."""
+    values = ((getattr(v, "path", None) or v.name, np.asarray(v.numpy())) for v in variables)
+    return [name for name, value in values if np.issubdtype(value.dtype, np.floating) and not np.isfinite(value).all()]
+
+
+def check_finite_weights(model):
+    """NonFiniteWeightsError, before anything is written, when ``model``'s weights hold NaN or inf."""
+    nonfinite = nonfinite_variables(model.variables)
+    if nonfinite:
+        raise NonFiniteWeightsError(
+            f"training diverged: the weights {nonfinite[0]} hold NaN or inf, so nothing was exported; "
+            "train again with a lower --learning_rate (in another --workdir)"
+        )
 
 
 def _outputs(probabilities):
@@ -80,32 +107,79 @@ def _png_headers(png_bytes):
     return tf.where(is_png[:, None], fields, tf.constant(-1, tf.int64))
 
 
+def _checked(values, condition, message, name):
+    """``values`` once ``condition`` holds; else InvalidArgumentError from an Assert op called ``name``."""
+    with tf.control_dependencies([tf.debugging.Assert(condition, message, summarize=4, name=name)]):
+        return tf.identity(values)
+
+
+def _check_batch(values, signature, noun):
+    count = tf.shape(values)[0]
+    return _checked(
+        values, count <= MAX_BATCH, [f"batch_too_large: {signature} takes at most {MAX_BATCH} {noun} a request, got", count],
+        "batch_too_large",
+    )  # fmt: skip
+
+
+def _check_pixels(pixels):
+    """``pixels`` once every value is finite and in [0, 1], the range ``normalize`` gives (refused, not clipped:
+    a value outside it means the client normalized otherwise, and its answers would be wrong)."""
+    finite = tf.math.is_finite(pixels)
+    pixels = _checked(
+        pixels, tf.reduce_all(finite),
+        ["pixels_must_be_finite: serving_normalized takes finite pixels in [0, 1]; NaN or inf at (row, column):",
+         tf.where(tf.logical_not(finite))[:1]],
+        "pixels_must_be_finite",
+    )  # fmt: skip
+    outside = tf.logical_or(pixels < 0, pixels > 1)
+    return _checked(
+        pixels, tf.logical_not(tf.reduce_any(outside)),
+        ["pixels_must_be_in_0_to_1: serving_normalized takes pixels in [0, 1] (uint8 / 255); at (row, column), value:",
+         tf.where(outside)[:1], tf.boolean_mask(pixels, outside)[:1]],
+        "pixels_must_be_in_0_to_1",
+    )  # fmt: skip
+
+
 def _check_pngs(png_bytes):
-    """``png_bytes``, once the batch is at most MAX_PNG_BATCH and every header is a 28x28 8-bit grayscale PNG.
+    """``png_bytes``, once the batch is at most MAX_PNG_BATCH, no PNG is longer than MAX_PNG_BYTES nor all together
+    longer than MAX_PNG_REQUEST_BYTES, and every header is a 28x28 8-bit grayscale PNG. Each check runs after
+    the one before, so a request gets the first reason that applies.
 
     Checked before decode_png: a small PNG may declare 2^31 x 2^31 pixels, which decode_png would allocate.
     """
     count = tf.size(png_bytes)
-    batch_ok = tf.debugging.Assert(
-        count <= MAX_PNG_BATCH,
+    png_bytes = _checked(
+        png_bytes, count <= MAX_PNG_BATCH,
         [f"png_batch_too_large: serving_png takes at most {MAX_PNG_BATCH} PNGs a request, got", count],
-        name="png_batch_too_large",
-    )
+        "png_batch_too_large",
+    )  # fmt: skip
+    lengths = tf.strings.length(png_bytes)
+    too_long = lengths > MAX_PNG_BYTES
+    png_bytes = _checked(
+        png_bytes, tf.logical_not(tf.reduce_any(too_long)),
+        [f"png_too_large: serving_png takes PNGs of at most {MAX_PNG_BYTES} bytes; refused (index; bytes):",
+         tf.where(too_long)[:1], tf.boolean_mask(lengths, too_long)[:1]],
+        "png_too_large",
+    )  # fmt: skip
+    total = tf.reduce_sum(tf.cast(lengths, tf.int64))
+    png_bytes = _checked(
+        png_bytes, total <= MAX_PNG_REQUEST_BYTES,
+        [f"png_request_too_large: serving_png takes at most {MAX_PNG_REQUEST_BYTES} bytes of PNGs a request, got",
+         total],
+        "png_request_too_large",
+    )  # fmt: skip
     headers = _png_headers(png_bytes)
     refused = tf.logical_not(tf.reduce_all(tf.equal(headers, list(_PNG_ACCEPTED)), axis=1))
-    header_ok = tf.debugging.Assert(
-        tf.logical_not(tf.reduce_any(refused)),
+    return _checked(
+        png_bytes, tf.logical_not(tf.reduce_any(refused)),
         [
             "png_must_be_28x28_8bit_grayscale: serving_png takes 28x28 8-bit grayscale PNGs; refused "
             "(index; width, height, bit depth, colour type; -1 if not a PNG):",
             tf.where(refused)[:1],
             tf.boolean_mask(headers, refused)[:1],
         ],
-        summarize=len(_PNG_ACCEPTED),
-        name="png_must_be_28x28_8bit_grayscale",
+        "png_must_be_28x28_8bit_grayscale",
     )
-    with tf.control_dependencies([batch_ok, header_ok]):
-        return tf.identity(png_bytes)
 
 
 def _decode_png(png):
@@ -122,11 +196,13 @@ def serving_functions(model):
     def serve_images(images):
         # ensure_shape: a bad request fails here with the expected shape in the message, not deep inside.
         images = tf.ensure_shape(images, [None, *IMAGE_SHAPE], name="images_must_be_batch_x_28_x_28")
+        images = _check_batch(images, SERVING_DEFAULT, "images")
         return _outputs(model(normalize(images), training=False))
 
     @tf.function(input_signature=[tf.TensorSpec([None, NUM_PIXELS], tf.float32, name="pixels")], autograph=False)
     def serve_normalized(pixels):
         pixels = tf.ensure_shape(pixels, [None, NUM_PIXELS], name="pixels_must_be_batch_x_784")
+        pixels = _check_pixels(_check_batch(pixels, SERVING_NORMALIZED, "images"))
         return _outputs(model(pixels, training=False))
 
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="png_bytes")], autograph=False)
@@ -150,8 +226,23 @@ def latest_version_path(base_path):
     return found[max(found)] if found else None
 
 
+def _enclosing_saved_model(base_path):
+    """The SavedModel folder (a published version) that the local ``base_path`` is or lies in, or None."""
+    path = pathlib.Path(storage.local_path(base_path)).absolute()
+    return next((p for p in (path, *path.parents) if p.is_dir() and serving_check.is_saved_model(p)), None)
+
+
 def check_writable(base_path):
-    """Create ``base_path`` if needed; ExportError with the reason when it cannot be written."""
+    """Create ``base_path`` if needed; ExportError with the reason when it cannot be written, ValueError when
+    its path holds glob characters or lies inside a version (exporting would change a published version)."""
+    storage.check_glob_free(base_path, "export dir")
+    if storage.is_local(base_path):
+        version = _enclosing_saved_model(base_path)
+        if version is not None:
+            raise ValueError(
+                f"export dir {base_path} is inside the SavedModel {version}: exporting there would change a "
+                f"published version; use a base path such as {version.parent}"
+            )
     if not storage.is_local(base_path):
         try:
             tf.io.gfile.makedirs(str(base_path))
@@ -310,11 +401,23 @@ def export_saved_model(model, base_path, warmup_images=None, model_name=None, pr
     in ``assets.extra/fmnist_tf.json``: ``provenance`` plus the library versions and the time) before it
     appears under an integer name; concurrent exports to one base path each get their own version.
     """
+    check_finite_weights(model)
     base_path = check_writable(base_path)
     model_name = model_name or os.path.basename(str(base_path))
-    remove_stale_tmp(base_path)
-    if not storage.is_local(base_path):
-        return _publish_by_copy(model, base_path, warmup_images, model_name, provenance)
+    try:
+        remove_stale_tmp(base_path)
+        if not storage.is_local(base_path):
+            return _publish_by_copy(model, base_path, warmup_images, model_name, provenance)
+        return _publish_by_rename(model, base_path, warmup_images, model_name, provenance)
+    except (OSError, tf.errors.OpError) as e:
+        if isinstance(e, ExportError):
+            raise
+        raise ExportError(f"export to {base_path} failed: {storage.reason(e)}; no version was published: free "
+                          "space or fix the folder, then export again")  # fmt: skip
+
+
+def _publish_by_rename(model, base_path, warmup_images, model_name, provenance):
+    """``export_saved_model`` for a local base path: written complete under a temporary name, then renamed."""
     tmp = _make_tmp_dir(base_path)
     try:
         _write_saved_model(model, tmp)
@@ -360,16 +463,38 @@ def _publish_by_copy(model, base_path, warmup_images, model_name, provenance):
             storage.remove_tree(tmp)
 
 
-def read_listable_model_config(config_path, base_path):
+def read_listable_model_config(config_path, base_path, model_name=None):
     """The ``ModelServerConfig`` in ``config_path`` (None when there is no file yet); ModelConfigError when
-    TF Serving would not parse it or an entry for ``base_path`` cannot be added to it. Runs check this before
-    they train, so that a bad file stops them before anything is written."""
+    TF Serving would not parse it or an entry for ``base_path`` cannot be added to it (``model_name``, default
+    the folder's name, lists another base path). Runs check this before they train, so that a bad file stops
+    them before anything is written."""
     if not tf.io.gfile.exists(str(config_path)):
         return None
     config = serving_check.read_model_config(config_path)
     if config.WhichOneof("config") == "custom_model_config":
         raise serving_check.ModelConfigError(f"{config_path} holds a custom_model_config; list {base_path} yourself")
+    _config_entry(config, config_path, _listed_path(base_path), model_name)
     return config
+
+
+def _listed_path(base_path):
+    """``base_path`` as models.config lists it: absolute and resolved locally, a URL as it is."""
+    if storage.is_local(base_path):
+        return str(pathlib.Path(storage.local_path(base_path)).resolve())
+    return str(base_path).rstrip("/")
+
+
+def _config_entry(config, config_path, base_path, model_name=None):
+    """The entry of ``config`` named ``model_name`` (default: the base path's folder name), or None; ModelConfigError
+    when that name already serves another base path (a user's own model is never repointed)."""
+    model_name = model_name or os.path.basename(base_path)
+    entry = next((e for e in config.model_config_list.config if e.name == model_name), None)
+    if entry is not None and _listed_path(entry.base_path) != base_path:
+        raise serving_check.ModelConfigError(
+            f"{config_path} already lists model {model_name} at {entry.base_path}, not at this export's {base_path}: "
+            "rename one of the two folders, or remove that entry"
+        )
+    return entry
 
 
 def write_model_config(config_path, base_path, model_name=None):
@@ -377,9 +502,11 @@ def write_model_config(config_path, base_path, model_name=None):
     ``config_path``, keeping every other entry; return ``config_path``.
 
     The file is a ``ModelServerConfig`` in protobuf text, parsed and written with protobuf's text_format
-    (any path round-trips), replaced atomically. ``base_path`` must hold a complete version (TF Serving
-    refuses to start when a listed model cannot load). A file that does not parse is left as it is:
-    ModelConfigError names it.
+    (any path round-trips), replaced atomically. When the entry is there already the file is not touched; when
+    it is added, the file is written anew in text_format's layout (comments are not kept). An entry of that
+    name for another base path is refused (ModelConfigError), never repointed. ``base_path`` must hold a
+    complete version (TF Serving refuses to start when a listed model cannot load). A file that does not parse
+    is left as it is: ModelConfigError names it.
     """
     from tensorflow_serving.config import model_server_config_pb2
 
@@ -398,12 +525,15 @@ def write_model_config(config_path, base_path, model_name=None):
     try:
         if lock is not None:
             fcntl.flock(lock, fcntl.LOCK_EX)
-        config = read_listable_model_config(config_path, base_path) or model_server_config_pb2.ModelServerConfig()
-        entries = config.model_config_list.config
-        entry = next((e for e in entries if e.name == model_name), None) or entries.add(name=model_name)
-        entry.base_path, entry.model_platform = str(base_path), "tensorflow"
-        write = storage.replace_file if local else storage.write_text
-        write(config_path, text_format.MessageToString(config))
+        config = read_listable_model_config(config_path, base_path, model_name)
+        config = config or model_server_config_pb2.ModelServerConfig()
+        entry = _config_entry(config, config_path, str(base_path), model_name)
+        # Listed already (a later version of the same base path): the user's file stays as it is, byte for byte.
+        if entry is None or entry.model_platform != "tensorflow":
+            entry = entry or config.model_config_list.config.add(name=model_name, base_path=str(base_path))
+            entry.model_platform = "tensorflow"
+            write = storage.replace_file if local else storage.write_text
+            write(config_path, text_format.MessageToString(config))
     finally:
         if lock is not None:
             os.close(lock)

@@ -16,7 +16,7 @@ class ReplicaDropout(keras.layers.Dropout):
     """Keras's Dropout, except that the replicas of a tf.distribute strategy draw one machine's mask.
 
     With N replicas, each step's global batch is cut into N equal slices, replica r taking slice r
-    (``data.epoch_batches``). Keras's Dropout draws a mask of the slice's shape from its seed generator,
+    (``data.training_data``). Keras's Dropout draws a mask of the slice's shape from its seed generator,
     whose state is mirrored: every replica would draw the same mask. Here each replica draws the mask
     one machine draws for the whole global batch (same seed state, same shape, Keras's own sampler) and
     keeps its slice's rows, so N replicas drop exactly the units one machine drops. With one replica

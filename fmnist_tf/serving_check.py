@@ -35,7 +35,7 @@ import numpy as np
 # TensorFlow's Python modules before its C library: loading libtensorflow_cc.so.2 first (RTLD_GLOBAL) and
 # importing TensorFlow afterwards crashed the process (BUILD_NOTES.md).
 import tensorflow as tf  # isort: skip
-from google.protobuf import text_format
+from google.protobuf import message, text_format
 from tensorflow.core.framework import types_pb2
 from tensorflow.core.protobuf import meta_graph_pb2
 from tensorflow_serving.apis import model_pb2, predict_pb2, prediction_log_pb2
@@ -57,6 +57,9 @@ IMAGE_SHAPE = (28, 28)
 # A version's test accuracy through serving_default may differ from the training run's figure by a few
 # near-tied images (separately compiled graphs); more than this many in 10,000 means another model.
 ACCURACY_TOLERANCE = 0.002
+# Images per request of the accuracy check: fmnist_tf's signatures refuse more than 1,024 a request.
+REQUEST_BATCH = 1000
+VARIABLES_PREFIX = os.path.join("variables", "variables")
 
 
 class ServingCheckError(ValueError):
@@ -412,7 +415,11 @@ def replay_warmup(saved_model, version_dir):
             count += 1
             if count > MAX_WARMUP_RECORDS:
                 raise ServingCheckError(f"{path}: more than {MAX_WARMUP_RECORDS} records; TF Serving refuses the load")
-            log = prediction_log_pb2.PredictionLog.FromString(record)
+            try:
+                log = prediction_log_pb2.PredictionLog.FromString(record)
+            except message.DecodeError as e:
+                raise ServingCheckError(f"{path}: record {count} is not a PredictionLog ({e}), so TF Serving "
+                                        "would not load: write the warmup records again") from e  # fmt: skip
             kind = log.WhichOneof("log_type")
             if kind is None:
                 continue  # TF Serving skips a record with no log
@@ -560,21 +567,43 @@ def accuracy_check(saved_model, raw_dir, provenance):
     if info.dtype != types_pb2.DT_UINT8:
         return Check("test accuracy", False, f"{DEFAULT_SIGNATURE} input {alias} is not uint8 images")
     began = time.perf_counter()
-    outputs = saved_model.predict(predict_request(DEFAULT_SIGNATURE, {alias: images}))
+    requests = (
+        saved_model.predict(predict_request(DEFAULT_SIGNATURE, {alias: images[start : start + REQUEST_BATCH]}))
+        for start in range(0, len(images), REQUEST_BATCH)
+    )
+    parts = list(requests)
     seconds = time.perf_counter() - began
+    outputs = {key: np.concatenate([part[key] for part in parts]) for key in parts[0]}
     if not {"class_id", "probabilities"} & set(outputs):
         return Check("test accuracy", False, f"{DEFAULT_SIGNATURE} has neither a class_id nor a probabilities output")
     predicted = outputs["class_id"] if "class_id" in outputs else outputs["probabilities"].argmax(axis=1)
     accuracy = float(np.mean(predicted == labels))
     detail = f"{accuracy:.4f} on {len(labels):,} images through {DEFAULT_SIGNATURE} ({seconds:.2f} s)"
     ok = True
-    if "probabilities" in outputs and not np.array_equal(predicted, outputs["probabilities"].argmax(axis=1)):
+    if "probabilities" in outputs and not np.all(np.isfinite(outputs["probabilities"])):
+        ok, detail = False, detail + "; probabilities hold NaN or inf"
+    elif "probabilities" in outputs and not np.array_equal(predicted, outputs["probabilities"].argmax(axis=1)):
         ok, detail = False, detail + "; class_id is not the argmax of probabilities"
     recorded = (provenance or {}).get("figures", {}).get("test_accuracy")
     if recorded is not None:
         ok = ok and abs(accuracy - recorded) <= ACCURACY_TOLERANCE
         detail += f"; training measured {recorded:.4f}"
     return Check("test accuracy", ok, detail)
+
+
+def finite_weights_check(version_dir):
+    """Whether every floating-point variable of the version is finite: a diverged model answers NaN."""
+    prefix = str(_child(version_dir, VARIABLES_PREFIX))
+    try:
+        reader = tf.compat.v1.train.NewCheckpointReader(prefix)
+        names = [name for name, dtype in sorted(reader.get_variable_to_dtype_map().items()) if dtype.is_floating]
+        nonfinite = [name for name in names if not np.all(np.isfinite(reader.get_tensor(name)))]
+    except (tf.errors.OpError, IndexError, ValueError) as e:
+        return Check("finite weights", False, f"{prefix}: cannot be read: {str(e).strip().splitlines()[0]}")
+    if nonfinite:
+        return Check("finite weights", False, f"{len(nonfinite)} of {len(names)} variables hold NaN or inf "
+                     f"(first: {nonfinite[0]}): the model diverged in training; do not serve it")  # fmt: skip
+    return Check("finite weights", True, f"all {len(names)} floating-point variables finite")
 
 
 def model_config_path(base_path):
@@ -606,6 +635,7 @@ def run_checks(model_dir, raw_dir=DEFAULT_RAW_DIR):
         loaded = f"version {number} of {base_path} in {time.perf_counter() - began:.2f} s"
         checks.append(Check("C++ loader", True, f"TensorFlow {tf.__version__} LoadSavedModel(tag serve) loaded {loaded}"))
     if saved_model:
+        checks.append(finite_weights_check(version_dir))
         with saved_model:
             checks.extend(signature_checks(saved_model))
             try:

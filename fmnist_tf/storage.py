@@ -5,15 +5,43 @@ its plugin, ``hdfs://``, ``ram://`` in-process): every read and write of a run g
 are joined with ``os.path.join``, which keeps a URL's ``//``.
 """
 
+import contextlib
 import json
 import os
 import pathlib
+import re
 import secrets
 import tempfile
 
 import tensorflow as tf
 
 gfile = tf.io.gfile
+# TF's file layer reads these in a path as glob syntax (GetMatchingPaths, used to find a SavedModel's variables
+# and a checkpoint's index): a folder named with them is written, then never found again.
+GLOB_CHARACTERS = "[]\\"
+
+
+class StorageError(OSError):
+    """A file or folder cannot be used: the message names it and says what to do."""
+
+
+def reason(error):
+    """The first line of an OSError's or tf.errors.OpError's message (TF's run to several lines), without the
+    names of TF's internal functions and ops around it."""
+    text = getattr(error, "strerror", None) or getattr(error, "message", None) or str(error)
+    text = re.sub(r"\{\{function_node [^}]*\}\}\s*|\s*\[Op:[^\]]*\]", "", text).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
+def check_glob_free(path, what):
+    """``path`` unless it holds a character TF's file layer reads as glob syntax; ValueError naming ``what``."""
+    found = sorted({c for c in str(path) if c in GLOB_CHARACTERS})
+    if found:
+        raise ValueError(
+            f"{what} {path}: TensorFlow's file layer reads {' '.join(found)} in a path as a glob pattern and "
+            "would not find the files again; choose a path without [, ] or \\"
+        )
+    return path
 
 
 def is_local(path):
@@ -45,13 +73,13 @@ def replace_file(path, content):
     """
     path = pathlib.Path(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}-{secrets.token_hex(4)}")
-    with open(tmp, "xb" if isinstance(content, bytes) else "x") as f:
-        f.write(content)
     try:
+        with open(tmp, "xb" if isinstance(content, bytes) else "x") as f:
+            f.write(content)
         os.replace(tmp, path)
-    except OSError:
-        tmp.unlink()
-        raise
+    except OSError as e:
+        tmp.unlink(missing_ok=True)  # a full disk leaves no empty temporary behind
+        raise StorageError(f"{path} cannot be written: {reason(e)}; it is unchanged: free space or fix the folder") from e
     return path
 
 
@@ -62,9 +90,33 @@ def write_text(path, text):
     TF's rename is a copy and a delete, and an object appears whole once its upload completes.
     """
     tmp = f"{path}.tmp-{os.getpid()}"
-    with gfile.GFile(tmp, "w") as f:
-        f.write(text)
-    gfile.rename(tmp, path, overwrite=True)
+    try:
+        with gfile.GFile(tmp, "w") as f:
+            f.write(text)
+        gfile.rename(tmp, path, overwrite=True)
+    except (OSError, tf.errors.OpError) as e:
+        with contextlib.suppress(tf.errors.OpError):
+            gfile.remove(tmp)
+        raise StorageError(f"{path} cannot be written: {reason(e)}; free space or fix the folder") from e
+    return path
+
+
+def check_writable_file(path, what):
+    """Before any work: make the folder of the file ``path`` if needed and prove a file can be created in it.
+
+    StorageError naming ``what`` (e.g. the flag) otherwise, so that a run's figures are not lost at its end.
+    """
+    path = str(path)
+    if gfile.isdir(path):
+        raise StorageError(f"{what} {path} is a folder: name a file")
+    folder = os.path.dirname(path.rstrip("/")) or "."
+    try:
+        if is_local(path):
+            ensure_writable_dir(local_path(folder))
+        else:
+            gfile.makedirs(folder)
+    except (OSError, tf.errors.OpError) as e:
+        raise StorageError(f"{what} {path} cannot be written: {reason(e)}; choose another path") from e
     return path
 
 
@@ -79,7 +131,12 @@ def write_json(path, value):
 
 
 def read_json(path):
-    return json.loads(read_text(path))
+    """The JSON value in ``path``; tf.errors.NotFoundError when it is missing, ValueError naming it when it does
+    not parse."""
+    try:
+        return json.loads(read_text(path))
+    except (ValueError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path} is not JSON ({e})") from e
 
 
 def copy_tree(src, dst, last=()):

@@ -1,10 +1,10 @@
 """Train, evaluate and export: ``run(config) -> dict of figures``. No flag parsing here.
 
-One training step (Keras model, Keras optimizer) serves every ``tf.distribute`` strategy: under the default
-strategy and OneDeviceStrategy it runs as one in-graph loop per epoch, under any other (even with one
-replica) as ``strategy.run`` over a distributed dataset. Not
-``model.fit``: Keras 3's ``fit`` fails under MultiWorkerMirroredStrategy (keras-team/keras#20585), and this
-loop is also several times faster on CPU (BUILD_NOTES.md has the figures).
+The data comes through the tf.data pipeline (``data.training_data``), distributed with
+``distribute_datasets_from_function``; one training step (Keras model, Keras optimizer) and one loop serve every
+``tf.distribute`` strategy: an epoch is one call of a tf.function that draws chunks of steps from the
+iterator and runs each step with ``strategy.run``. Not ``model.fit``: Keras 3's ``fit`` fails under
+MultiWorkerMirroredStrategy (keras-team/keras#20585), and this loop is also several times faster on CPU.
 """
 
 import contextlib
@@ -20,14 +20,13 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from fmnist_tf import configs, data, export
+from fmnist_tf import configs, data, export, storage
 from fmnist_tf.checkpoints import HISTORY_KEYS, Checkpoints, Workdir, empty_history
 from fmnist_tf.distribute import (
     agree_across_workers,
     choose_strategy,
     configure_threads,
     is_chief,
-    runs_in_graph_loop,
     strategy_devices,
     strategy_name,
     worker_count,
@@ -55,6 +54,7 @@ class Config:
     export_dir: str | None = None  # None: configs.default_export_dir(model); "": no export
     workdir: str | None = None
     threads: int | None = None  # TF thread pools (0: TF's default); None: the model's default
+    shuffle_buffer: int | None = None  # examples; None: the whole training split (a full shuffle)
     verbose: bool = True
 
     def __post_init__(self):
@@ -73,14 +73,23 @@ class Config:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
-        if not isinstance(self.threads, int) or self.threads < 0:
-            raise ValueError(f"threads must be 0 (TF's default) or a positive integer, got {self.threads!r}")
+        if self.shuffle_buffer is not None and (
+            isinstance(self.shuffle_buffer, bool) or not isinstance(self.shuffle_buffer, int) or self.shuffle_buffer < 1
+        ):
+            raise ValueError(f"shuffle_buffer must be a positive integer, got {self.shuffle_buffer!r}")
+        if not isinstance(self.threads, int) or not 0 <= self.threads <= configs.MAX_THREADS:
+            raise ValueError(
+                f"threads must be 0 (TF's default) or a positive integer up to {configs.MAX_THREADS} (8 per core), "
+                f"got {self.threads!r}"
+            )
         if self.learning_rate is not None and not self.learning_rate > 0:
             raise ValueError(f"learning_rate must be positive, got {self.learning_rate!r}")
         for name, allowed in (("source", data.SOURCES), ("model", configs.MODELS), ("optimizer", configs.OPTIMIZERS)):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
         data.check_raw_dir(self.raw_dir)
+        if self.workdir:
+            storage.check_glob_free(self.workdir, "workdir")
         if self.export_dir:
             export.check_writable(self.export_dir)
             export.read_listable_model_config(export.model_config_path(self.export_dir), self.export_dir)
@@ -92,21 +101,39 @@ def make_deterministic(seed):
     tf.config.experimental.enable_op_determinism()
 
 
-def evaluate(model, images, labels, batch_size=2_000):
-    """(mean sparse categorical cross-entropy, accuracy) of ``model`` on uint8 ``images``."""
-    loss_sum, correct = 0.0, 0
-    for start in range(0, len(labels), batch_size):
-        probabilities = model(data.normalize(images[start : start + batch_size]), training=False)
-        y = labels[start : start + batch_size]
-        loss_sum += float(tf.reduce_sum(keras.losses.sparse_categorical_crossentropy(y, probabilities)))
-        correct += int(np.sum(np.argmax(probabilities, axis=-1) == y))
-    return loss_sum / len(labels), correct / len(labels)
+def make_evaluator(model):
+    """A function (Examples, batches) -> (mean sparse categorical cross-entropy, accuracy) of ``model`` on the
+    batches (default: ``data.evaluation_data`` of the examples), in one graph."""
+
+    def add_batch(totals, batch):
+        (x, y), (loss_sum, correct) = batch, totals
+        probabilities = model(x, training=False)
+        losses = keras.losses.sparse_categorical_crossentropy(y, probabilities)
+        loss_sum += tf.cast(tf.reduce_sum(losses), tf.float64)
+        correct += tf.reduce_sum(tf.cast(tf.equal(tf.argmax(probabilities, -1), y), tf.int64))
+        return loss_sum, correct
+
+    # No Python control flow on tensors: autograph's conversion would only add tracing time.
+    @tf.function(autograph=False)
+    def sums(batches):
+        return batches.reduce((tf.constant(0.0, tf.float64), tf.constant(0, tf.int64)), add_batch)
+
+    def evaluate(examples, batches=None):
+        try:
+            loss_sum, correct = sums(data.evaluation_data(examples) if batches is None else batches)
+        except tf.errors.OpError as e:
+            raise examples.read_error(e) from e
+        return float(loss_sum) / examples.count, int(correct) / examples.count
+
+    return evaluate
 
 
-def _step_fn(model, optimizer, replicas):
-    """One optimizer step on one replica's slice; returns [loss sum, correct, count] of the slice."""
+def _step_fn(model, optimizer, replicas, per_replica_batch):
+    """Step ``i`` of a chunk on one replica's slices; returns [loss sum, correct, count] of its batch."""
 
-    def step(x, y):
+    def step(chunk_x, chunk_y, i):
+        begin = i * per_replica_batch
+        x, y = chunk_x[begin : begin + per_replica_batch], chunk_y[begin : begin + per_replica_batch]
         with tf.GradientTape() as tape:
             probabilities = model(x, training=True)
             loss = tf.reduce_mean(keras.losses.sparse_categorical_crossentropy(y, probabilities))
@@ -121,94 +148,61 @@ def _step_fn(model, optimizer, replicas):
     return step
 
 
-def _distributed_epoch_fn(strategy, step, images, labels, batch_size, seed, shard):
-    """epoch -> (global [loss sum, correct, count], examples this worker's replicas trained on).
+def _epoch_fn(strategy, step, per_replica_batch):
+    """(iterator, chunks) -> (global [loss sum, correct, count], examples this worker's replicas trained on).
 
-    ``strategy.run`` over a dataset distributed by input pipeline: what several replicas need.
+    One call runs a whole epoch in the graph: the loop draws the epoch's ``chunks`` from the distributed
+    dataset's iterator and runs each chunk's steps with ``strategy.run``, so nothing goes back to Python
+    between steps. The same loop serves every strategy: under the default one ``strategy.run`` is a plain call.
     """
 
-    @tf.function
-    def run_steps(iterator):
-        totals, local = tf.zeros([3]), tf.constant(0.0)
-        for x, y in iterator:
-            per_replica = strategy.run(step, args=(x, y))
+    def run_chunk(iterator, totals, local):
+        chunk_x, chunk_y = next(iterator)
+        rows = tf.shape(strategy.experimental_local_results(chunk_y)[0])[0]
+
+        def run_step(i, totals, local):
+            per_replica = strategy.run(step, args=(chunk_x, chunk_y, i))
             totals += strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None)
             local += tf.add_n([r[2] for r in strategy.experimental_local_results(per_replica)])
-        return totals, local
+            return i + 1, totals, local
 
-    def train_epoch(epoch):
-        dataset_fn = _epoch_dataset_fn(images, labels, batch_size, seed, epoch, strategy.num_replicas_in_sync, shard)
-        return run_steps(iter(strategy.distribute_datasets_from_function(dataset_fn)))
+        steps = (rows + per_replica_batch - 1) // per_replica_batch
+        return tf.while_loop(lambda i, *_: i < steps, run_step, (tf.constant(0), totals, local))[1:]
 
-    return train_epoch
-
-
-def _in_graph_epoch_fn(strategy, step, images, labels, batch_size, seed):
-    """epoch -> (global [loss sum, correct, count], examples trained on), for the default strategy or
-    OneDeviceStrategy (``runs_in_graph_loop``).
-
-    The same steps as the distributed loop, but the whole epoch is one tf.while_loop over its batches of
-    example indices: no per-step iterator round trip, which was most of the time per step on CPU
-    (BUILD_NOTES.md). Other strategies cannot use it: their gradient all-reduce (a merge_call, even
-    with one replica) cannot sit in a loop.
-    """
-
-    def steps(batches):
-        # Each step gathers and normalizes its own 32 examples: materializing the epoch's 150 MB of floats
-        # first cost more than the steps themselves on one CPU thread (BUILD_NOTES.md, issue 12). Same bits.
-        def body(i, totals):
-            index = batches[i]
-            return i + 1, totals + step(data.normalize(tf.gather(images, index)), tf.gather(labels, index))
-
-        return tf.while_loop(lambda i, _: i < tf.shape(batches)[0], body, (tf.constant(0), tf.zeros([3])))[1]
-
-    # No Python control flow on tensors here (the loop is an explicit tf.while_loop): autograph's source
-    # conversion would only add tracing time to the first epoch (0.3 s of CPU here).
+    # Explicit loops: autograph's source conversion would only add tracing time to the first epoch.
     @tf.function(autograph=False)
-    def run_steps(batches):
-        return strategy.run(steps, args=(batches,))
+    def run_epoch(iterator, chunks):
+        def body(c, totals, local):
+            return (c + 1, *run_chunk(iterator, totals, local))
 
-    def train_epoch(epoch):
-        totals = tf.zeros([3])
-        for batches in data.epoch_index_batches(int(labels.shape[0]), batch_size, seed, epoch):
-            totals += run_steps(batches)
-        return totals, totals[2]
+        start = (tf.constant(0), tf.zeros([3]), tf.constant(0.0))
+        return tf.while_loop(lambda c, *_: c < chunks, body, start)[1:]
 
-    return train_epoch
-
-
-def _epoch_dataset_fn(images, labels, batch_size, seed, epoch, replicas, shard):
-    def dataset_fn(context):
-        shard.update(input_pipeline=context.input_pipeline_id, input_pipelines=context.num_input_pipelines)
-        local = replicas // context.num_input_pipelines
-        return data.epoch_batches(
-            images, labels, batch_size, seed, epoch,
-            num_slices=replicas, first_slice=context.input_pipeline_id * local, local_slices=local,
-        )  # fmt: skip
-
-    return dataset_fn
+    return run_epoch
 
 
 def fingerprint(*parts):
-    """A 48-bit integer of NumPy arrays and JSON-able values: equal parts, equal numbers; different parts
-    differ but for a 2^-48 chance."""
+    """A 48-bit integer of ``Examples`` (every example's bytes, streamed) and JSON-able values: equal parts,
+    equal numbers; different parts differ but for a 2^-48 chance."""
     digest = hashlib.sha256()
     for part in parts:
-        if isinstance(part, np.ndarray):
-            digest.update(np.ascontiguousarray(part).tobytes())
+        if isinstance(part, data.Examples):
+            for images, labels in part.blocks.as_numpy_iterator():
+                digest.update(np.ascontiguousarray(images).tobytes())
+                digest.update(np.ascontiguousarray(labels).tobytes())
         else:
             digest.update(json.dumps(part, sort_keys=True, default=str).encode())
     return int(digest.hexdigest()[:12], 16)
 
 
-def _check_workers_agree(strategy, train_arrays, start, model, optimizer, epochs, batch_size, seed):
+def _check_workers_agree(strategy, train_examples, start, model, optimizer, settings):
     """Every worker of a cluster trains the same steps on the same data from the same epoch, or all stop
     saying why: a worker that went its own way would leave the others waiting in a collective."""
     # The optimizer's config but its name, which Keras numbers per process (adam, adam_1, ...).
     optimizer_config = {k: v for k, v in optimizer.get_config().items() if k != "name"}
-    steps_settings = [model.name, type(optimizer).__name__, optimizer_config, epochs, batch_size, seed]
+    steps_settings = [model.name, type(optimizer).__name__, optimizer_config, *settings]
     agree_across_workers(strategy, [
-        ("the training data's fingerprint", fingerprint(*train_arrays),
+        ("the training data's fingerprint", fingerprint(train_examples),
          "give every worker the same --source, --seed and data files"),
         ("the epoch to resume after", start,
          "give every worker one --workdir that all of them reach (a shared folder or a bucket)"),
@@ -216,43 +210,60 @@ def _check_workers_agree(strategy, train_arrays, start, model, optimizer, epochs
     ])  # fmt: skip
 
 
-def train(model, optimizer, train_arrays, validation_arrays, epochs, batch_size, seed, strategy,
-          workdir=None, verbose=True, after_epoch=None):  # fmt: skip
-    """Train ``model`` for ``epochs``; return (Keras-style history dict, this worker's shard figures).
+def train(model, optimizer, train_examples, validation_examples, epochs, batch_size, seed, strategy,
+          shuffle_buffer=None, workdir=None, verbose=True, after_epoch=None):  # fmt: skip
+    """Train ``model`` for ``epochs`` on ``train_examples`` (``data.Examples``) through the tf.data pipeline;
+    return (Keras-style history dict, this worker's shard figures).
 
-    With ``workdir``, a run killed at any point and started again resumes after its last completed
+    Each epoch is ``data.training_data`` for every input pipeline of ``strategy``
+    (``distribute_datasets_from_function``), shuffled through ``shuffle_buffer`` examples (None: the whole
+    split). With ``workdir``, a run killed at any point and started again resumes after its last completed
     epoch and ends with the same weights as an uninterrupted run. ``after_epoch(epoch)`` is called once
     each epoch's checkpoint is written.
     """
-    images, labels = (tf.constant(a) for a in train_arrays)
     replicas = strategy.num_replicas_in_sync
+    if batch_size % replicas:
+        raise ValueError(f"batch_size {batch_size} is not divisible by the {replicas} replicas")
     with strategy.scope():
         # Eagerly, in the strategy's scope: variables created inside a replicated tf.function break it.
         optimizer.build(model.trainable_variables)
-    step = _step_fn(model, optimizer, replicas)
+    run_epoch = _epoch_fn(strategy, _step_fn(model, optimizer, replicas, batch_size // replicas), batch_size // replicas)
+    evaluate = make_evaluator(model)
+    validation_batches = data.evaluation_data(validation_examples, cache=True)
     shard = {"input_pipeline": 0, "input_pipelines": 1, "examples": 0}
-    if runs_in_graph_loop(strategy):
-        train_epoch = _in_graph_epoch_fn(strategy, step, images, labels, batch_size, seed)
-    else:
-        train_epoch = _distributed_epoch_fn(strategy, step, images, labels, batch_size, seed, shard)
+
+    def epochs_data(first):
+        def dataset_fn(context):
+            shard.update(input_pipeline=context.input_pipeline_id, input_pipelines=context.num_input_pipelines)
+            epochs_range = range(first, epochs)
+            return data.training_data(train_examples, batch_size, seed, epochs_range, shuffle_buffer, replicas, context)
+
+        return iter(strategy.distribute_datasets_from_function(dataset_fn))
+
     chief = is_chief(strategy)
     checkpoints = Checkpoints(workdir, model, optimizer, chief) if workdir else None
     start, history = checkpoints.restore() if checkpoints else (0, empty_history())
     if worker_count(strategy) > 1:
-        _check_workers_agree(strategy, train_arrays, start, model, optimizer, epochs, batch_size, seed)
+        settings = [epochs, batch_size, seed, shuffle_buffer]
+        _check_workers_agree(strategy, train_examples, start, model, optimizer, settings)
     if start >= epochs and verbose:
         print(f"Run in {workdir} finished all {start} epochs before: nothing to train")
     elif start and verbose:
         print(f"Resuming from {workdir} after epoch {start}")
     writer = tf.summary.create_file_writer(os.path.join(workdir, "tensorboard")) if workdir and chief else None
-    steps = -(-len(train_arrays[1]) // batch_size)
+    steps = -(-train_examples.count // batch_size)
+    chunks = tf.constant(data.chunks_per_epoch(train_examples.count, batch_size, replicas, shuffle_buffer))
+    iterator = epochs_data(start) if start < epochs else None
     try:
         for epoch in range(start, epochs):
             began = time.perf_counter()
-            totals, local = train_epoch(epoch)
+            try:
+                totals, local = run_epoch(iterator, chunks)
+            except tf.errors.OpError as e:
+                raise train_examples.read_error(e) from e
             loss_sum, correct, count = totals.numpy()
             shard["examples"] += int(local)
-            val_loss, val_accuracy = evaluate(model, *validation_arrays)
+            val_loss, val_accuracy = evaluate(validation_examples, validation_batches)
             figures = dict(zip(HISTORY_KEYS, (loss_sum / count, correct / count, val_loss, val_accuracy)))
             for key, value in figures.items():
                 history[key].append(float(value))
@@ -279,8 +290,9 @@ def train(model, optimizer, train_arrays, validation_arrays, epochs, batch_size,
 def run(config, datasets=None, strategy=None):
     """Train ``config.model``, evaluate on validation and test, export; return a dict of figures.
 
-    ``datasets`` (dict of raw train/validation/test Datasets) and ``strategy`` replace the defaults,
-    for tests and for callers with their own data or cluster. With ``config.workdir``, the workdir's
+    ``datasets`` (dict of train/validation/test Datasets of raw examples or blocks of them, ``data.as_examples``)
+    and ``strategy`` replace the defaults, for tests and for callers with their own data or cluster; the
+    datasets are streamed through the same pipeline, never held in memory. With ``config.workdir``, the workdir's
     recorded settings are checked and its lock taken before any data is read (``checkpoints.Workdir``).
     """
     start = time.perf_counter()
@@ -307,9 +319,9 @@ def _run(config, datasets, strategy, chief, workdir):
     if config.verbose:
         print(f"strategy {strategy_name(strategy)} on {', '.join(devices)}")
     if datasets is None:
-        arrays = data.load_split_arrays(config.seed, config.source, config.raw_dir, config.tfds_dir)
+        splits = data.load_splits(config.seed, config.source, config.raw_dir, config.tfds_dir)
     else:
-        arrays = {name: data.to_numpy(ds) for name, ds in datasets.items()}
+        splits = {name: data.as_examples(ds, f"the {name} dataset given") for name, ds in datasets.items()}
     # After the data: a first TFDS prepare draws random numbers, which would shift the weight init.
     make_deterministic(config.seed)
     with strategy.scope():
@@ -318,12 +330,13 @@ def _run(config, datasets, strategy, chief, workdir):
 
     refresh_lock = (lambda _: workdir.refresh_lock()) if workdir and chief else None
     fit_start = time.perf_counter()
-    history, shard = train(model, optimizer, arrays["train"], arrays["validation"], config.epochs, config.batch_size,
-                           config.seed, strategy, config.workdir, config.verbose, refresh_lock)  # fmt: skip
+    history, shard = train(model, optimizer, splits["train"], splits["validation"], config.epochs, config.batch_size,
+                           config.seed, strategy, config.shuffle_buffer, config.workdir, config.verbose,
+                           refresh_lock)  # fmt: skip
     fit_seconds = time.perf_counter() - fit_start
     # The last epoch evaluated these weights on validation already (or, resumed, its checkpoint did).
     val_loss, val_accuracy = history["val_loss"][-1], history["val_accuracy"][-1]
-    test_loss, test_accuracy = evaluate(model, *arrays["test"])
+    test_loss, test_accuracy = make_evaluator(model)(splits["test"])
 
     figures = {
         "val_accuracy": val_accuracy,
@@ -351,10 +364,10 @@ def _run(config, datasets, strategy, chief, workdir):
         if previous:
             figures["export_path"], figures["exported_before"] = previous, True
         else:
+            export.check_finite_weights(model)  # a diverged run is not published
             provenance = export.training_provenance(figures["config"], figures)
-            figures["export_path"] = _export(
-                model, config.export_dir, arrays["test"][0][:WARMUP_EXAMPLES], chief, provenance
-            )
+            warmup_images = next(splits["test"].blocks.as_numpy_iterator())[0][:WARMUP_EXAMPLES]
+            figures["export_path"] = _export(model, config.export_dir, warmup_images, chief, provenance)
             if workdir and chief:
                 workdir.record_export(config.export_dir, figures["export_path"])
     return figures

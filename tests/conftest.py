@@ -29,7 +29,7 @@ REPO = pathlib.Path(__file__).resolve().parent.parent
 
 # Files whose tests share no module fixture go test by test to whichever xdist worker is free; every other file
 # goes whole to one worker, so its module fixtures (trained models, a built wheel) are made once.
-SPREAD_FILES = {"test_reliability.py", "test_scripts.py", "test_cache.py"}
+SPREAD_FILES = {"test_reliability.py", "test_scripts.py", "test_decoded.py"}
 
 
 @pytest.hookimpl(optionalhook=True)  # pytest-xdist's hook: unknown to pytest without it
@@ -141,19 +141,23 @@ def first_user(tmp_path_factory):
 @pytest.fixture(scope="session")
 def tfds_dir(first_user):
     """The TFDS data dir the first user's run prepared: fashion_mnist built offline from the shipped files,
-    with its array cache. Read only: copy it to damage it."""
+    with its decoded copies. Read only: copy it to damage it."""
     assert first_user.first.returncode == 0, first_user.first.stderr[-3000:]
     return str(first_user.home / "tensorflow_datasets")
 
 
 @pytest.fixture(scope="session")
 def tfds_reference(tfds_dir, tmp_path_factory):
-    """{split: (images, labels)} as TFDS itself decodes its prepared files, streamed: the source of truth
-    (decoded once per test run, ~15 s, and kept as .npy files for every worker)."""
+    """{split: (images, labels)} as TFDS itself decodes its prepared records (``builder.as_dataset``), streamed:
+    the source of truth (decoded once per test run and kept as .npy files for every worker)."""
+    import tensorflow_datasets as tfds
+
+    from fmnist_tf.data import decoded
 
     def make(folder):
+        builder = tfds.builder(data.TFDS_NAME, data_dir=tfds_dir)
         for split in data.RAW_FILES:
-            images, labels = data.to_numpy(data.load_split(split, "tfds", tfds_dir=tfds_dir))
+            images, labels = data.to_numpy(decoded.tfds_blocks(builder, split))
             np.save(folder / f"{split}-images.npy", images)
             np.save(folder / f"{split}-labels.npy", labels)
 

@@ -16,7 +16,8 @@ from fmnist_tf import checkpoints, training
 from fmnist_tf.checkpoints import Checkpoints, Workdir, WorkdirError
 from fmnist_tf.model import build_model, make_optimizer
 
-SETTINGS = {"model": "mlp", "optimizer": "adam", "learning_rate": None, "batch_size": 128, "seed": 42, "source": "tfds"}
+SETTINGS = {"model": "mlp", "optimizer": "adam", "learning_rate": None, "batch_size": 128, "seed": 42, "source": "tfds",
+            "shuffle_buffer": None}
 
 
 def _mlp_and_adam():

@@ -18,31 +18,30 @@ def test_shipped_files_are_the_ones_tfds_registers():
 
 
 @pytest.mark.parametrize("split", ["train", "test"])
-def test_idx_source_reads_the_files_exactly(split):
+def test_idx_source_streams_the_files_exactly_in_their_order(split):
     images_file, labels_file = data.RAW_FILES[split]
-    expected_images = parse_idx(data.DEFAULT_RAW_DIR / images_file)
-    expected_labels = parse_idx(data.DEFAULT_RAW_DIR / labels_file)
-    # Both IDX readers: streamed by tf.data (load_split) and in memory by NumPy (load_arrays).
-    for images, labels in (data.to_numpy(data.load_split(split, "idx")), data.load_arrays(split, "idx")):
-        assert images.dtype == np.uint8 and images.shape == (data.SPLIT_SIZES[split], 28, 28)
-        assert labels.dtype == np.int64
-        file_images, file_labels = data.to_file_order(split, images, labels)
-        np.testing.assert_array_equal(file_images, expected_images)
-        np.testing.assert_array_equal(file_labels, expected_labels)
+    examples = data.load_examples(split, "idx")
+    assert examples.count == data.SPLIT_SIZES[split] and examples.blocks.element_spec[0].shape.as_list() == [None, 28, 28]
+    images, labels = data.to_numpy(examples)
+    assert images.dtype == np.uint8 and images.shape == (data.SPLIT_SIZES[split], 28, 28)
+    assert labels.dtype == np.int64
+    np.testing.assert_array_equal(images, parse_idx(data.DEFAULT_RAW_DIR / images_file))
+    np.testing.assert_array_equal(labels, parse_idx(data.DEFAULT_RAW_DIR / labels_file))
 
 
 @pytest.mark.parametrize("split", ["train", "test"])
-def test_tfds_and_idx_yield_the_same_examples_in_the_same_order(split, tfds_dir, tfds_reference):
-    tfds_images, tfds_labels = tfds_reference[split]  # TFDS's own decoding, streamed
-    idx_images, idx_labels = data.to_numpy(data.load_split(split, "idx"))
-    assert len(tfds_labels) == data.SPLIT_SIZES[split]
-    assert tfds_labels.dtype == idx_labels.dtype == np.int64
-    np.testing.assert_array_equal(tfds_images, idx_images)
-    np.testing.assert_array_equal(tfds_labels, idx_labels)
-    # In memory, the TFDS source reads its array cache: the same examples again.
-    cached_images, cached_labels = data.load_arrays(split, "tfds", tfds_dir=tfds_dir)
-    np.testing.assert_array_equal(cached_images, tfds_images)
-    np.testing.assert_array_equal(cached_labels, tfds_labels)
+def test_tfds_source_yields_what_tfds_yields_and_the_files_hold(split, tfds_dir, tfds_reference):
+    tfds_images, tfds_labels = tfds_reference[split]  # TFDS's own as_dataset, decoding its records
+    examples = data.load_examples(split, "tfds", tfds_dir=tfds_dir)
+    assert examples.count == len(tfds_labels) == data.SPLIT_SIZES[split]
+    images, labels = data.to_numpy(examples)
+    assert labels.dtype == tfds_labels.dtype == np.int64
+    np.testing.assert_array_equal(images, tfds_images)
+    np.testing.assert_array_equal(labels, tfds_labels)
+    # The same examples as the files, in TFDS's order: the file order is restored for order-bound consumers.
+    file_images, file_labels = data.load_arrays_in_file_order(split, "tfds", tfds_dir=tfds_dir)
+    np.testing.assert_array_equal(file_images, data.load_arrays(split, "idx")[0])
+    np.testing.assert_array_equal(file_labels, data.load_arrays(split, "idx")[1])
 
 
 def test_normalize_maps_uint8_to_unit_float_flattened():
@@ -54,22 +53,16 @@ def test_normalize_maps_uint8_to_unit_float_flattened():
     assert data.normalize(np.zeros((28, 28), np.uint8)).shape == (784,)
 
 
-def _fingerprints(ds):
-    images, labels = data.to_numpy(ds)
+def _fingerprints(examples):
+    images, labels = data.to_numpy(examples)
     return [hashlib.sha1(image.tobytes()).hexdigest() for image in images], labels
 
 
-def test_in_memory_split_equals_the_streamed_split():
-    arrays = data.load_split_arrays(seed=3, source="idx")
-    for name, ds in data.load_splits(seed=3, source="idx").items():
-        for got, expected in zip(arrays[name], data.to_numpy(ds)):
-            np.testing.assert_array_equal(got, expected)
-
-
 def test_split_is_disjoint_covering_deterministic_and_balanced():
-    train_all = data.load_split("train", "idx")
+    train_all = data.load_examples("train", "idx")
     all_prints, _ = _fingerprints(train_all)
     train, validation = data.split_train_validation(train_all, seed=42)
+    assert (train.count, validation.count) == (48_000, 12_000)
     train_prints, train_labels = _fingerprints(train)
     val_prints, val_labels = _fingerprints(validation)
     assert len(train_prints) == 48_000 and len(val_prints) == 12_000
@@ -78,58 +71,117 @@ def test_split_is_disjoint_covering_deterministic_and_balanced():
     for labels in (train_labels, val_labels):
         shares = np.bincount(labels, minlength=10) / len(labels)
         assert np.all(np.abs(shares - 0.1) <= 0.01), shares
+    # The mask, position by position, in the source's order.
+    mask = data.validation_mask(42, 60_000)
+    np.testing.assert_array_equal(val_prints, np.array(all_prints)[mask])
     assert _fingerprints(data.split_train_validation(train_all, seed=42)[1])[0] == val_prints
     assert _fingerprints(data.split_train_validation(train_all, seed=7)[1])[0] != val_prints
 
 
-def _epoch(images, labels, epoch, **kwargs):
-    batches = list(data.epoch_batches(images, labels, 32, seed=1, epoch=epoch, **kwargs))
-    return np.concatenate([x for x, _ in batches]), np.concatenate([y for _, y in batches]), batches
+def _small(count=10_000):
+    """The test split (quickest to read) as Examples, and in memory."""
+    examples = data.load_examples("test", "idx")
+    return examples, data.to_numpy(examples)
 
 
-def test_epoch_tensors_are_a_pure_function_of_seed_and_epoch():
-    images, labels = data.to_numpy(data.load_split("test", "idx"))
-    (x0, y0), (tail_x, tail_y) = data.epoch_tensors(images, labels, 32, seed=1, epoch=0)
-    assert x0.dtype == tf.float32 and x0.shape == (312, 32, 784) and y0.shape == (312, 32)
-    assert tail_x.shape == (1, 10_000 - 312 * 32, 784)  # the final partial batch is kept, as Keras does
-    again = data.epoch_tensors(images, labels, 32, seed=1, epoch=0)[0][0]
-    np.testing.assert_array_equal(x0, again)
-    (_, y1), (_, tail_y1) = data.epoch_tensors(images, labels, 32, seed=1, epoch=1)
-    epoch0 = np.concatenate([y0.numpy().ravel(), tail_y.numpy().ravel()])
-    epoch1 = np.concatenate([y1.numpy().ravel(), tail_y1.numpy().ravel()])
-    assert not np.array_equal(epoch0, epoch1) and sorted(epoch0) == sorted(epoch1) == sorted(labels)
-    # The epoch's order is a permutation of the examples, normalized the one way.
+def _epochs(examples, batch_size, seed, epochs, **kwargs):
+    """Every chunk of ``epochs`` from training_data, grouped by epoch with chunks_per_epoch."""
+    chunks = [(x.numpy(), y.numpy()) for x, y in data.training_data(examples, batch_size, seed, epochs, **kwargs)]
+    replicas, context = kwargs.get("replicas", 1), kwargs.get("context")
+    local = replicas // context.num_input_pipelines if context else 1  # one element per local replica and chunk
+    per_epoch = data.chunks_per_epoch(examples.count, batch_size, replicas, kwargs.get("shuffle_buffer")) * local
+    assert len(chunks) == per_epoch * len(epochs)
+    return [chunks[i * per_epoch : (i + 1) * per_epoch] for i in range(len(epochs))]
+
+
+def test_an_epoch_is_the_seeded_permutation_in_chunks_of_whole_batches():
+    examples, (images, labels) = _small()
+    (epoch0,) = _epochs(examples, 32, seed=1, epochs=range(0, 1))
+    x = np.concatenate([c[0] for c in epoch0])
+    y = np.concatenate([c[1] for c in epoch0])
+    assert x.dtype == np.float32 and x.shape == (10_000, 784)
+    # A buffer as large as the split: one window, the whole epoch permuted by epoch_order(seed, epoch).
     order = data.epoch_order(10_000, 1, 0).numpy()
-    np.testing.assert_array_equal(x0.numpy().reshape(-1, 784), data.normalize(images[order[: 312 * 32]]).numpy())
-    # The training loop's own feed: that order cut into steps of indices (it gathers each step in the graph).
-    steps, tail = data.epoch_index_batches(10_000, 32, seed=1, epoch=0)
-    assert steps.dtype == tf.int64 and steps.shape == (312, 32) and tail.shape == (1, 10_000 - 312 * 32)
-    np.testing.assert_array_equal(np.concatenate([steps.numpy().ravel(), tail.numpy().ravel()]), order)
-    assert len(data.epoch_index_batches(9_984, 32, seed=1, epoch=0)) == 1  # no empty tail batch
+    np.testing.assert_array_equal(y, labels[order])
+    np.testing.assert_array_equal(x, data.normalize(images[order]).numpy())
+    # Chunks of whole batches; the final partial batch (10,000 = 312 * 32 + 16) is kept, as Keras keeps it.
+    assert all(len(c[1]) % 32 == 0 for c in epoch0[:-1]) and sum(len(c[1]) for c in epoch0) == 10_000
+    # A pure function of (seed, epoch): epochs 1 and 2 from a fresh pipeline equal those of a run from epoch 0.
+    run = _epochs(examples, 32, seed=1, epochs=range(0, 3))
+    resumed = _epochs(examples, 32, seed=1, epochs=range(1, 3))
+    for a, b in zip(run[1:], resumed, strict=True):
+        for (xa, ya), (xb, yb) in zip(a, b, strict=True):
+            np.testing.assert_array_equal(xa, xb)
+            np.testing.assert_array_equal(ya, yb)
+    y1 = np.concatenate([c[1] for c in run[1]])
+    assert not np.array_equal(y, y1) and sorted(y1) == sorted(labels)
+
+
+def test_a_smaller_shuffle_buffer_still_gives_every_example_once_an_epoch():
+    examples, (images, labels) = _small()
+    position = {hashlib.sha1(image.tobytes()).hexdigest(): i for i, image in enumerate(images)}
+    for buffer in (1_000, 4_000):
+        epochs = _epochs(examples, 64, seed=5, epochs=range(2), shuffle_buffer=buffer)
+        ys = [np.concatenate([c[1] for c in epoch]) for epoch in epochs]
+        for y in ys:
+            assert sorted(y) == sorted(labels)
+        assert not np.array_equal(ys[0], ys[1])
+        # Where each example of epoch 0 sits in the split: windows are permuted, and (buffer > a block) blocks move.
+        xs = np.concatenate([c[0] for c in epochs[0]])
+        order = np.array([position[hashlib.sha1((row * 255).round().astype(np.uint8).tobytes()).hexdigest()] for row in xs])
+        assert sorted(order) == list(range(10_000))
+        window = data.pipeline.window_size(10_000, 64, buffer)
+        assert not np.array_equal(order[:window], np.sort(order[:window]))
+        if buffer > examples.block:
+            assert not np.array_equal(np.sort(order[:window]), np.arange(window))
+        again = _epochs(examples, 64, seed=5, epochs=range(1), shuffle_buffer=buffer)[0]
+        np.testing.assert_array_equal(np.concatenate([c[1] for c in again]), ys[0])
 
 
 def test_replica_slices_partition_each_global_batch():
-    images, labels = data.to_numpy(data.load_split("test", "idx"))
-    whole = data.epoch_tensors(images, labels, 32, seed=1, epoch=3)[0][0].numpy().reshape(-1, 784)
-    one, _, batches = _epoch(images, labels, 3)
-    np.testing.assert_array_equal(one, whole)  # one slice: the single-replica steps, full batches only
-    assert len(batches) == 312
-    slices = [_epoch(images, labels, 3, num_slices=4, first_slice=r)[2] for r in range(4)]
-    assert all(len(s) == 312 for s in slices) and slices[0][0][0].shape == (8, 784)
-    rebuilt = np.concatenate([np.concatenate([slices[r][s][0] for r in range(4)]) for s in range(312)])
-    np.testing.assert_array_equal(rebuilt, whole)
-    local = _epoch(images, labels, 3, num_slices=4, first_slice=2, local_slices=2)[2]
-    np.testing.assert_array_equal(local[1][0], slices[3][0][0])
+    examples, _ = _small()
+    (whole,) = _epochs(examples, 32, seed=1, epochs=range(3, 4))
+    whole_y = np.concatenate([c[1] for c in whole])[: 312 * 32]  # with replicas the partial batch is dropped
+    # 4 replicas on 2 input pipelines of 2 local replicas each: each chunk yields one element per local replica.
+    pipelines = []
+    for pipeline_id in range(2):
+        context = tf.distribute.InputContext(num_input_pipelines=2, input_pipeline_id=pipeline_id, num_replicas_in_sync=4)
+        (chunks,) = _epochs(examples, 32, seed=1, epochs=range(3, 4), replicas=4, context=context)
+        pipelines.append(chunks)
+    rebuilt = []
+    for c in range(0, len(pipelines[0]), 2):
+        replica_parts = [pipelines[0][c][1], pipelines[0][c + 1][1], pipelines[1][c][1], pipelines[1][c + 1][1]]
+        steps = len(replica_parts[0]) // 8
+        assert all(len(part) == steps * 8 for part in replica_parts)
+        rebuilt += [np.concatenate([part[s * 8 : (s + 1) * 8] for part in replica_parts]) for s in range(steps)]
+    np.testing.assert_array_equal(np.concatenate(rebuilt), whole_y)
     with pytest.raises(ValueError, match="not divisible by the 3 replicas"):
-        data.epoch_batches(images, labels, 32, 1, 0, num_slices=3)
+        data.training_data(examples, 32, 1, range(1), replicas=3)
 
 
-def test_evaluation_pipeline_keeps_order():
-    ds = data.load_split("test", "idx")
-    images, labels = data.to_numpy(ds)
-    batches = list(data.evaluation_pipeline(ds, batch_size=1000))
-    np.testing.assert_array_equal(np.concatenate([y for _, y in batches]), labels)
-    np.testing.assert_array_equal(batches[0][0].numpy(), data.normalize(images[:1000]).numpy())
+def test_evaluation_data_keeps_order_and_its_cache_serves_later_passes():
+    examples, (images, labels) = _small()
+    for cache in (False, True):
+        batches = data.evaluation_data(examples, batch_size=3_000, cache=cache)
+        for _ in range(2):
+            got = list(batches)
+            assert [len(y) for _, y in got] == [3_000, 3_000, 3_000, 1_000]
+            np.testing.assert_array_equal(np.concatenate([y for _, y in got]), labels)
+            np.testing.assert_array_equal(got[0][0].numpy(), data.normalize(images[:3_000]).numpy())
+
+
+def test_a_callers_dataset_of_examples_or_blocks_becomes_examples():
+    _, (images, labels) = _small()
+    singles = tf.data.Dataset.from_tensor_slices((images[:2_500], labels[:2_500].astype(np.int32)))
+    blocks = singles.batch(700)
+    unknown = singles.filter(lambda image, label: True)  # no cardinality: counted
+    for ds in (singles, blocks, unknown):
+        examples = data.as_examples(ds, "a test dataset")
+        assert examples.count == 2_500 and examples.origin == "a test dataset"
+        got_images, got_labels = data.to_numpy(examples)
+        assert got_labels.dtype == np.int64
+        np.testing.assert_array_equal(got_images, images[:2_500])
+        np.testing.assert_array_equal(got_labels, labels[:2_500])
 
 
 @pytest.mark.parametrize(

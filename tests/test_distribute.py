@@ -2,6 +2,7 @@
 this CPU machine can build training the same figures, dropout included."""
 
 import json
+import os
 import subprocess
 import sys
 
@@ -58,13 +59,16 @@ def test_strategy_plan_follows_the_environment(tmp_path, case, dev, pci, environ
     assert choice.reason
 
 
-def test_this_machine_plans_and_builds_the_default_strategy():
-    assert not tf.config.list_physical_devices("GPU")
-    assert distribute.plan_strategy().kind == "default"
-    assert distribute.choose_strategy() is tf.distribute.get_strategy()
-    assert distribute.runs_in_graph_loop(tf.distribute.get_strategy())
-    assert distribute.runs_in_graph_loop(tf.distribute.OneDeviceStrategy("/cpu:0"))
-    assert not distribute.runs_in_graph_loop(tf.distribute.MirroredStrategy(["/cpu:0"]))
+def test_this_machine_plans_and_builds_the_strategy_its_devices_call_for():
+    if os.environ.get("TF_CONFIG") or os.environ.get("TPU_NAME") or distribute.local_tpu_chips():
+        pytest.skip("a cluster or TPU machine: planned from the environment (the cases above)")
+    gpus = len(tf.config.list_logical_devices("GPU"))
+    choice = distribute.plan_strategy()
+    assert choice.kind == ("gpus" if gpus > 1 else "gpu" if gpus else "default")
+    strategy = distribute.build_strategy(choice)
+    expected = {"gpus": tf.distribute.MirroredStrategy, "gpu": tf.distribute.OneDeviceStrategy}.get(choice.kind)
+    assert isinstance(strategy, expected) if expected else strategy is tf.distribute.get_strategy()
+    assert strategy.num_replicas_in_sync == max(1, gpus)
 
 
 EVERY_STRATEGY = """
@@ -142,12 +146,14 @@ def test_every_strategy_builds_and_trains_the_same_figures(every_strategy):
     reference = runs["default"]
     assert reference["history"]["val_accuracy"][0] > 0.6  # 50 steps of real data
     for name, r in runs.items():
-        # One replica: the same ops on the same batches, in a while loop or through strategy.run.
-        # Two: the same dropout masks, gradients summed from halves (float rounding only).
-        tolerance = 0 if r["replicas"] == 1 else 1e-5
+        # One replica: the same steps on the same batches; each strategy compiles its own graph, so equal to
+        # float rounding (the last bit can differ between CPUs). Two: the same dropout masks, gradients summed
+        # from halves.
+        tolerance = 1e-6 if r["replicas"] == 1 else 1e-5
         for key in ("loss", "accuracy", "val_loss", "val_accuracy"):
-            np.testing.assert_allclose(r["history"][key], reference["history"][key], atol=tolerance, err_msg=name)
-        assert abs(r["test_loss"] - reference["test_loss"]) <= tolerance, name
+            np.testing.assert_allclose(r["history"][key], reference["history"][key], rtol=tolerance, err_msg=name)
+        assert r["test_loss"] == pytest.approx(reference["test_loss"], rel=tolerance), name
+        assert abs(r["history"]["val_accuracy"][-1] - reference["history"]["val_accuracy"][-1]) <= 0.005, name
     assert runs["mirrored_2"]["shard"]["examples"] == 3200  # its two replicas: a half of each batch each
 
 

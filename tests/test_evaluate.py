@@ -31,7 +31,7 @@ def expected(exported):
     labels = parse_idx(data.DEFAULT_RAW_DIR / labels_file).astype(np.int64)
     serve = tf.saved_model.load(str(version)).signatures["serving_default"]
     predictions = np.concatenate(
-        [serve(images=tf.constant(images[i : i + 2500]))["class_id"].numpy() for i in range(0, len(images), 2500)]
+        [serve(images=tf.constant(images[i : i + 1000]))["class_id"].numpy() for i in range(0, len(images), 1000)]
     )
     return labels, predictions
 

@@ -28,7 +28,7 @@ TRAIN_EXAMPLES, VALIDATION_EXAMPLES = 2_000, 1_000
 
 @pytest.fixture(scope="module")
 def arrays():
-    return data.load_split_arrays(seed=0, source="idx")
+    return data.load_splits(seed=0, source="idx")
 
 
 def _traversable_dir(parent=None):
@@ -64,11 +64,11 @@ class Exported:
 def _train_and_export(kind, models_dir, arrays):
     tf.keras.utils.set_random_seed(0)
     model = build_model(kind)
-    train, validation = ((images[:n], labels[:n]) for (images, labels), n in
-                         ((arrays["train"], TRAIN_EXAMPLES), (arrays["validation"], VALIDATION_EXAMPLES)))  # fmt: skip
+    train, validation = (data.as_examples(arrays[name].blocks.unbatch().take(n), name) for name, n in
+                         (("train", TRAIN_EXAMPLES), ("validation", VALIDATION_EXAMPLES)))  # fmt: skip
     history, _ = training.train(model, make_optimizer("adam"), train, validation, 1, 64, 0, tf.distribute.get_strategy(),
                                 verbose=False)  # fmt: skip
-    test_images, test_labels = arrays["test"]
+    test_images, test_labels = data.to_numpy(arrays["test"])
     probabilities = np.concatenate([model(data.normalize(test_images[i : i + 2000])).numpy() for i in range(0, 10_000, 2000)])
     figures = {
         "val_accuracy": history["val_accuracy"][-1],
@@ -106,15 +106,17 @@ def exported(request):
 
 
 def test_the_cpp_loader_runs_serving_default_by_tensor_names_like_the_keras_model(exported, arrays):
-    images, labels = arrays["test"]
+    images, labels = data.to_numpy(arrays["test"])
     with serving_check.CSavedModel(exported.version) as saved_model:
         signature = saved_model.meta_graph.signature_def["serving_default"]
         assert signature.method_name == "tensorflow/serving/predict"
         (input_info,) = signature.inputs.values()
         names = {alias: info.name for alias, info in signature.outputs.items()}
         aliases = sorted(names)
-        outputs = dict(zip(aliases, saved_model.run({input_info.name: tf.make_tensor_proto(images)},
-                                                    [names[a] for a in aliases])))  # fmt: skip
+        # 1,000 a request: the signatures refuse more than export.MAX_BATCH.
+        parts = [saved_model.run({input_info.name: tf.make_tensor_proto(images[i : i + 1000])}, [names[a] for a in aliases])
+                 for i in range(0, len(images), 1000)]  # fmt: skip
+        outputs = {alias: np.concatenate([part[k] for part in parts]) for k, alias in enumerate(aliases)}
     assert len(images) == 10_000
     np.testing.assert_allclose(outputs["probabilities"], exported.probabilities, atol=1e-5, rtol=0)
     np.testing.assert_array_equal(outputs["class_id"], exported.probabilities.argmax(axis=1))
@@ -210,7 +212,7 @@ def test_check_serving_script_exits_non_zero_with_the_reason(softmax_copy):
     assert done.returncode == 1, done.stderr[-2000:]
     lines = done.stdout.splitlines()
     assert any(line.startswith("FAIL  readable by other users:") and "drwx------" in line for line in lines)
-    assert sum(line.startswith("ok    ") for line in lines) == 7
-    assert error_lines(done) == ["error: 1 of 8 checks failed: readable by other users"]
+    assert sum(line.startswith("ok    ") for line in lines) == 8
+    assert error_lines(done) == ["error: 1 of 9 checks failed: readable by other users"]
     provenance = json.loads(done.stdout[done.stdout.index("{"):])
     assert provenance["model"] == "softmax"

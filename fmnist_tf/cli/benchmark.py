@@ -12,7 +12,7 @@ from absl import flags
 from fmnist_tf import configs
 from fmnist_tf.cli import common
 
-PARTS = ("process", "first_run", "training", "serving", "pipelines", "baseline", "cold_start")
+PARTS = ("process", "first_run", "training", "scaling", "serving", "pipelines", "baseline", "cold_start")
 flags.DEFINE_integer("repeats", 3, "Repeats of each in-process training measurement (median reported).", lower_bound=1)
 flags.DEFINE_integer(
     "process_repeats", 5, "Fresh processes of each side for the whole-process rows (interleaved).", lower_bound=1
@@ -40,15 +40,18 @@ def _measure(parts):
         figures.update(benchmark.bench_whole_process(FLAGS.process_repeats, FLAGS.tfds_dir))
     if "first_run" in parts:
         figures.update(benchmark.bench_first_run(1))
+    if "scaling" in parts:
+        figures.update(benchmark.bench_scaling(data.load_examples("train", tfds_dir=FLAGS.tfds_dir),
+                                               data.load_examples("test", tfds_dir=FLAGS.tfds_dir)))  # fmt: skip
     if not parts & {"training", "serving", "pipelines", "baseline", "cold_start"}:
         return figures
     # The package's thread setting for the softmax model, before TF's runtime starts: the notebook's in-process
     # side runs in this process too and gains from it as well, so the warm ratio is the conservative one.
     distribute.configure_threads(configs.MODEL_DEFAULTS["softmax"].threads)
-    arrays = data.load_split_arrays(42, "tfds", tfds_dir=FLAGS.tfds_dir)
+    splits = data.load_splits(42, "tfds", tfds_dir=FLAGS.tfds_dir)
     if parts & {"training", "serving"}:
         figures["repeats"] = FLAGS.repeats
-        train = benchmark.bench_training(arrays, FLAGS.repeats)
+        train = benchmark.bench_training(splits, FLAGS.repeats)
         trained = train.pop("model")
         figures.update(train)
     if "training" in parts:
@@ -56,10 +59,11 @@ def _measure(parts):
             benchmark.bench_notebook_default_threads(FLAGS.repeats, figures["package_fit_seconds"], FLAGS.tfds_dir)
         )
     if "serving" in parts:
-        figures.update(benchmark.bench_serving(trained, arrays["test"][0]))
-        figures.update(benchmark.bench_lite(trained, arrays["train"][0], arrays["test"][0]))
+        train_images, test_images = (data.to_numpy(splits[name])[0] for name in ("train", "test"))
+        figures.update(benchmark.bench_serving(trained, test_images))
+        figures.update(benchmark.bench_lite(trained, train_images, test_images))
     if "pipelines" in parts:
-        figures.update(benchmark.bench_pipelines(FLAGS.tfds_dir, arrays))
+        figures.update(benchmark.bench_pipelines(FLAGS.tfds_dir, splits))
     if "baseline" in parts:
         figures.update(benchmark.bench_baseline("tfds", FLAGS.tfds_dir))
     if "cold_start" in parts:
@@ -124,6 +128,13 @@ def main(argv):
         print("\ninput pipelines (images/s):")
         for name, rate in f["pipeline_images_per_s"].items():
             print(f"  {name:<36}{rate:>14,.0f}")
+    if "scaling" in f:
+        print(f"\none epoch streamed from disk at shuffle_buffer={f['scaling_shuffle_buffer']:,} (fresh processes):")
+        for name, row in f["scaling"].items():
+            print(f"  {name:<4}{row['examples']:>9,} examples  peak RSS {row['peak_rss_mb']:>7,.0f} MB"
+                  f"  {row['examples_per_s']:>10,.0f} examples/s")  # fmt: skip
+        print(f"  10x adds {f['scaling_added_rss_mb']:,.0f} MB of peak RSS; held in memory it would add "
+              f"{f['scaling_in_memory_would_add_mb']:,.0f} MB")  # fmt: skip
     if "first_run_seconds" in f:
         print(f"\nfirst run on a fresh machine (empty HOME: TFDS prepare, train, export): {_seconds(f['first_run_seconds'])}")
     if "cold_start_seconds" in f:

@@ -13,7 +13,7 @@ import time
 from absl import app, flags, logging
 
 from fmnist_tf.cli import startup
-from fmnist_tf.data.files import DEFAULT_RAW_DIR, SOURCES, TFDS_NAME, DataError, check_raw_dir
+from fmnist_tf.data.files import DEFAULT_RAW_DIR, RAW_FILES, SOURCES, TFDS_NAME, DataError, check_raw_dir
 
 # The data flags below are defined on behalf of each job: absl then files them under the job's module,
 # and --helpfull lists them with the job's other flags.
@@ -81,11 +81,10 @@ def prepare_data(source, raw_dir, tfds_dir):
     """
     if source != "tfds":
         return
-    from fmnist_tf.data import cache
+    from fmnist_tf.data import decoded
 
-    # A valid array cache lives inside the prepared dataset: nothing to build, and no TFDS import (~1 s).
-    with contextlib.suppress(cache.CacheMiss):
-        cache.find(tfds_dir)
+    # Valid decoded copies live inside the prepared dataset: nothing to build, and no TFDS import.
+    if all(decoded.find(tfds_dir, split) for split in RAW_FILES):
         return
     import tensorflow_datasets as tfds
 
@@ -130,18 +129,43 @@ def write_json(path, figures):
     storage.write_json(path, figures)
 
 
+def check_output_file(path, flag):
+    """Before any work: the folder of the output file ``path`` (the value of ``flag``, or None) can take it."""
+    if path:
+        from fmnist_tf import storage
+
+        storage.check_writable_file(path, flag)
+
+
+def _is_tensorflow_error(error):
+    # TensorFlow is loaded by the time a job's main raises one of its errors; this module must not import it.
+    tf = sys.modules.get("tensorflow")
+    return tf is not None and isinstance(error, tf.errors.OpError)
+
+
+def _one_line(error):
+    text = str(getattr(error, "message", None) or error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
 def one_line_errors(main):
-    """Wrap an absl main: known failures print one line on stderr and exit 1 (a traceback with --verbosity=1)."""
+    """Wrap an absl main: known failures print one line on stderr and exit 1 (a traceback with --verbosity=1).
+
+    Known: ValueError and OSError (the package's own errors derive from them), and TensorFlow's tf.errors, whose
+    first line names the file TF's file layer failed on.
+    """
 
     @functools.wraps(main)
     def wrapper(argv):
         try:
             return main(argv)
         # DataError is a ValueError and ExportError an OSError: caught without importing their (TF) modules.
-        except (ValueError, OSError) as e:
+        except Exception as e:  # noqa: BLE001 (anything else is re-raised at once)
+            if not isinstance(e, (ValueError, OSError)) and not _is_tensorflow_error(e):
+                raise
             if flags.FLAGS.verbosity >= logging.DEBUG:
                 raise
-            sys.exit(f"error: {e}")
+            sys.exit(f"error: {_one_line(e)}")
 
     return wrapper
 

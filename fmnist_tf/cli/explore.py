@@ -20,9 +20,9 @@ def main(argv):
     from fmnist_tf import data, plots
 
     common.prepare_data(FLAGS.source, FLAGS.raw_dir, FLAGS.tfds_dir)
-    splits = {s: data.load_arrays(s, FLAGS.source, FLAGS.raw_dir, FLAGS.tfds_dir) for s in data.RAW_FILES}
-    # The original files' first images: the notebook's first picture.
-    images, labels = data.to_file_order("train", *splits["train"])
+    # In the original files' order: their first images are the notebook's first picture.
+    splits = {s: data.load_arrays_in_file_order(s, FLAGS.source, FLAGS.raw_dir, FLAGS.tfds_dir) for s in data.RAW_FILES}
+    images, labels = splits["train"]
     plots.save_image_grid(FLAGS.out, images[: FLAGS.count], labels[: FLAGS.count])
     print(f"saved the first {FLAGS.count} training images to {FLAGS.out}: {labels[: FLAGS.count].tolist()}")
     print(f"{'class':<12}" + "".join(f"{s:>8}" for s in splits))

@@ -24,6 +24,7 @@ FLAGS = flags.FLAGS
 def main(argv):
     from fmnist_tf import lite
 
+    common.check_output_file(FLAGS.metrics_json, "--metrics_json")  # not after the conversion: figures would be lost
     common.prepare_data(FLAGS.source, FLAGS.raw_dir, FLAGS.tfds_dir)
     with common.lite_output_held_back():
         figures = lite.export_lite(

@@ -20,9 +20,17 @@ flags.DEFINE_string(
     f"Base path of the exported versions; default {configs.default_export_dir('softmax')} for softmax, "
     f"{configs.default_export_dir('softmax')}_<model> for the others; '' skips export.",
 )  # fmt: skip
+flags.DEFINE_integer(
+    "shuffle_buffer", None, "Examples in the shuffle buffer; default the whole training split (a full shuffle).",
+    lower_bound=1,
+)
 flags.DEFINE_string("workdir", None, "Checkpoints (a killed run resumes from here) and TensorBoard logs.")
 flags.DEFINE_string("metrics_json", None, "Write the figures to this JSON file.")
-flags.DEFINE_integer("threads", None, "TF thread pools (0: TF's default); default the model's setting.", lower_bound=0)
+flags.DEFINE_integer(
+    "threads", None,
+    f"TF thread pools (0: TF's default; at most {configs.MAX_THREADS}, 8 per core); default the model's setting.",
+    lower_bound=0, upper_bound=configs.MAX_THREADS,
+)  # fmt: skip
 FLAGS = flags.FLAGS
 
 
@@ -43,8 +51,10 @@ def main(argv):
         export_dir=FLAGS.export_dir,
         workdir=FLAGS.workdir,
         threads=FLAGS.threads,
+        shuffle_buffer=FLAGS.shuffle_buffer,
     )
     config.validate()  # a bad flag stops here, before a first run builds TFDS
+    common.check_output_file(FLAGS.metrics_json, "--metrics_json")  # not after training: the figures would be lost
     common.prepare_data(FLAGS.source, FLAGS.raw_dir, FLAGS.tfds_dir)
     figures = training.run(config)
     shard = figures["shard"]

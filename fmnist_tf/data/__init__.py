@@ -1,5 +1,5 @@
-"""Fashion-MNIST: the files (``files``), sources in one canonical order (``sources``), the seeded split
-(``splits``) and the training/evaluation feeds (``feeds``).
+"""Fashion-MNIST as tf.data: the files (``files``), the sources (``sources``: TFDS's records, decoded once by
+``decoded``, or the IDX files), the seeded split (``splits``) and the input pipelines (``pipeline``).
 
 Every public name is importable from here; the light facts (class names, shapes, the shipped folder)
 come without TensorFlow, the rest load their module on first use.
@@ -16,7 +16,6 @@ from fmnist_tf.data.files import (  # noqa: F401  (re-exported: the dataset's fa
     SOURCES,
     SPLIT_SIZES,
     TFDS_NAME,
-    VALIDATION_SIZE,
     DataError,
     check_raw_dir,
     check_split_files,
@@ -29,13 +28,13 @@ from fmnist_tf.data.files import (  # noqa: F401  (re-exported: the dataset's fa
 
 _EXPORTS = {
     **dict.fromkeys(
-        ("tfds_order", "to_file_order", "prepare_tfds", "load_split", "load_arrays", "cache_tfds_arrays", "to_numpy"),
+        ("Examples", "as_examples", "idx_examples", "tfds_examples", "load_examples", "load_split", "load_arrays",
+         "load_arrays_in_file_order", "tfds_order", "prepare_tfds", "to_numpy"),
         "sources",
-    ),
-    **dict.fromkeys(("validation_mask", "split_train_validation", "load_splits", "load_split_arrays"), "splits"),
+    ),  # fmt: skip
+    **dict.fromkeys(("VALIDATION_FRACTION", "validation_mask", "select", "split_train_validation", "load_splits"), "splits"),
     **dict.fromkeys(
-        ("normalize", "epoch_order", "epoch_batches", "epoch_index_batches", "epoch_tensors", "evaluation_pipeline"),
-        "feeds",
+        ("normalize", "epoch_order", "shuffled", "chunks_per_epoch", "training_data", "evaluation_data"), "pipeline"
     ),
 }
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -37,7 +37,6 @@ RAW_FILES = {
     "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"),
 }
 SPLIT_SIZES = {"train": 60_000, "test": 10_000}
-VALIDATION_SIZE = 12_000
 
 IMAGES_HEADER_BYTES = 16
 LABELS_HEADER_BYTES = 8

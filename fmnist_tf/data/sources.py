@@ -1,15 +1,13 @@
-"""Sources of Fashion-MNIST examples: TFDS's ``fashion_mnist`` (built offline) and the raw IDX files.
+"""Sources of Fashion-MNIST examples, streamed as tf.data blocks: TFDS's ``fashion_mnist`` and the raw IDX files.
 
-Every source yields ``(image uint8 [28, 28], label int64)`` in one canonical order: the order in which
-TFDS writes ``fashion_mnist`` (an md5 hash of each example's index, salted by the split name). The IDX
-source reproduces that order, so one seed gives one train/validation split whichever source is used.
-
-In memory (``load_arrays``), the TFDS source reads its verified array cache (``cache``) when there is one
-for TFDS's prepared files, and otherwise makes it; the IDX source reads the files with NumPy.
+Both give ``Examples``: a Dataset of blocks (uint8 images [n, 28, 28], int64 labels [n]) in the source's own
+order, with the count, and where they are read from. The TFDS source is what TFDS yields from its prepared
+records (built offline from the shipped files, then decoded once, ``decoded``); the IDX source streams the
+``.gz`` files with ``FixedLengthRecordDataset``, one record per block, in the files' order.
 """
 
+import dataclasses
 import functools
-import gzip
 import hashlib
 import pathlib
 
@@ -17,7 +15,7 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from fmnist_tf.data import cache
+from fmnist_tf.data import decoded
 from fmnist_tf.data.files import (
     DEFAULT_RAW_DIR,
     IMAGE_SHAPE,
@@ -31,35 +29,26 @@ from fmnist_tf.data.files import (
     DataError,
     _fix_hint,
     check_split_files,
-    registered_checksums,
 )
 
-# Examples at each end of a split compared with TFDS's own decoding before the raw files fill the cache.
-CACHE_SAMPLE = 500
 
+@dataclasses.dataclass(frozen=True)
+class Examples:
+    """A stream of examples: ``blocks`` (uint8 [n, 28, 28], int64 [n]) of at most ``block`` examples, ``count``
+    in all, read from ``origin`` (named when reading fails)."""
 
-@functools.cache
-def tfds_order(split, count):
-    """The permutation TFDS applies when it writes ``split``: example i goes to position rank(i).
+    blocks: tf.data.Dataset
+    count: int
+    origin: str
+    block: int = decoded.BLOCK
 
-    TFDS sorts examples by md5(split name + str(key)) as a 128-bit integer, and fashion_mnist's keys are
-    file indices; fixed-width big-endian digests sort the same way as bytes. Read-only: computed once a process.
-    """
-    salt = split.encode()
-    digests = np.array([hashlib.md5(salt + b"%d" % index).digest() for index in range(count)], dtype="S16")
-    order = np.argsort(digests, kind="stable").astype(np.int64)
-    order.flags.writeable = False
-    return order
-
-
-def to_file_order(split, *arrays):
-    """Reorder arrays from the canonical (TFDS) order back to the order of the original files.
-
-    For order-dependent consumers that must match work done on the original files (the notebook's
-    k-fold cross-validation).
-    """
-    inverse = np.argsort(tfds_order(split, SPLIT_SIZES[split]))
-    return tuple(np.asarray(a)[inverse] for a in arrays)
+    def read_error(self, error):
+        """The ``DataError`` for a tf.data reading ``error`` (a damaged record, a missing block) of these examples."""
+        first = (getattr(error, "message", None) or str(error)).strip().splitlines()[0]
+        return DataError(
+            f"reading {self.origin} failed ({first}): the data there is damaged: delete it (prepared data is "
+            "rebuilt from the shipped files on the next run) or restore the files"
+        )
 
 
 def _check_split_and_source(split, source):
@@ -69,39 +58,33 @@ def _check_split_and_source(split, source):
         raise ValueError(f"unknown source {source!r}: expected one of {', '.join(SOURCES)}")
 
 
-def _idx_arrays(raw_dir, split):
-    """The IDX source in memory: the checked files gunzipped into NumPy, in the canonical order."""
-    images_path, labels_path = check_split_files(raw_dir, split)
-    count = SPLIT_SIZES[split]
-    images = np.frombuffer(gzip.decompress(images_path.read_bytes()), np.uint8, offset=IMAGES_HEADER_BYTES)
-    labels = np.frombuffer(gzip.decompress(labels_path.read_bytes()), np.uint8, offset=LABELS_HEADER_BYTES)
-    order = tfds_order(split, count)
-    return images.reshape(count, *IMAGE_SHAPE)[order], labels.astype(np.int64)[order]
+def _idx_block(count):
+    """The largest number of examples <= decoded.BLOCK that divides ``count``: records of whole blocks."""
+    return next(size for size in range(min(decoded.BLOCK, count), 0, -1) if count % size == 0)
 
 
-def _idx_dataset(raw_dir, split):
+def idx_examples(raw_dir, split):
+    """``split`` of the checked IDX files, streamed from the .gz files in their order."""
     images_path, labels_path = check_split_files(raw_dir, split)
     count = SPLIT_SIZES[split]
-    # One record per example, read as a single batch so decoding is one vectorized op.
+    block = _idx_block(count)
     images = tf.data.FixedLengthRecordDataset(
-        str(images_path), NUM_PIXELS, header_bytes=IMAGES_HEADER_BYTES, compression_type="GZIP"
-    ).batch(count)
+        str(images_path), NUM_PIXELS * block, header_bytes=IMAGES_HEADER_BYTES, compression_type="GZIP"
+    )
     labels = tf.data.FixedLengthRecordDataset(
-        str(labels_path), 1, header_bytes=LABELS_HEADER_BYTES, compression_type="GZIP"
-    ).batch(count)
-    order = tf.constant(tfds_order(split, count))
+        str(labels_path), block, header_bytes=LABELS_HEADER_BYTES, compression_type="GZIP"
+    )
 
-    def decode(image_records, label_records):
-        pixels = tf.reshape(tf.io.decode_raw(image_records, tf.uint8), (-1, *IMAGE_SHAPE))
-        classes = tf.cast(tf.reshape(tf.io.decode_raw(label_records, tf.uint8), [-1]), tf.int64)
-        return tf.gather(pixels, order), tf.gather(classes, order)
+    def decode(image_record, label_record):
+        pixels = tf.reshape(tf.io.decode_raw(image_record, tf.uint8), (-1, *IMAGE_SHAPE))
+        return pixels, tf.cast(tf.io.decode_raw(label_record, tf.uint8), tf.int64)
 
-    return (
+    blocks = (
         tf.data.Dataset.zip(images, labels)
         .map(decode)
-        .unbatch()
-        .apply(tf.data.experimental.assert_cardinality(count))
+        .apply(tf.data.experimental.assert_cardinality(count // block))
     )
+    return Examples(blocks, count, f"{images_path} and {labels_path}", block)
 
 
 def prepare_tfds(raw_dir=DEFAULT_RAW_DIR, tfds_dir=None):
@@ -131,99 +114,102 @@ def prepare_tfds(raw_dir=DEFAULT_RAW_DIR, tfds_dir=None):
     return builder
 
 
-def _tfds_dataset(builder, split):
-    import tensorflow_datasets as tfds
+def tfds_examples(split, raw_dir=DEFAULT_RAW_DIR, tfds_dir=None):
+    """``split`` as TFDS yields it from its prepared records, streamed from their decoded copy.
 
-    # One file instruction after the other: TFDS interleaves them by default, which would mix a "+" of slices.
-    read_config = tfds.ReadConfig(interleave_cycle_length=1)
-    ds = builder.as_dataset(split=split, as_supervised=True, shuffle_files=False, read_config=read_config)
-    return ds.map(lambda image, label: (tf.squeeze(image, -1), label), num_parallel_calls=tf.data.AUTOTUNE)
+    The copy (``decoded``) is read without importing TFDS while it matches TFDS's files; otherwise TFDS is
+    prepared if needed and the copy made. Where it cannot be written (a read-only or remote TFDS dir),
+    TFDS's records are read directly, decoding every image on every pass.
+    """
+    found = decoded.find(tfds_dir, split)
+    if found is None:
+        builder = prepare_tfds(raw_dir, tfds_dir)
+        if not builder.info.splits[split].num_examples:
+            raise DataError(f"{builder.data_dir}: TFDS's {TFDS_NAME} has no {split} examples: delete it and run again")
+        try:
+            found = decoded.write(builder, split)
+        except OSError as e:
+            logging.warning("decoded copy not written (%s): reading TFDS's records, decoding each image", e)
+            count = builder.info.splits[split].num_examples
+            return Examples(decoded.tfds_blocks(builder, split), count, builder.data_dir)
+    folder, manifest = found
+    if tuple(manifest["image_shape"][:2]) != IMAGE_SHAPE:
+        raise DataError(f"{folder}: TFDS's images are {manifest['image_shape']}, expected {list(IMAGE_SHAPE)}")
+    return Examples(decoded.load(folder, manifest), manifest["examples"], str(folder))
+
+
+def load_examples(split, source="tfds", raw_dir=DEFAULT_RAW_DIR, tfds_dir=None):
+    """``split`` ("train" or "test") of ``source`` as ``Examples``."""
+    _check_split_and_source(split, source)
+    if source == "idx":
+        return idx_examples(raw_dir, split)
+    return tfds_examples(split, raw_dir, tfds_dir)
+
+
+def as_examples(ds, origin):
+    """A caller's Dataset as ``Examples``: of single examples (image [28, 28], label) batched into blocks, or of
+    blocks already ([n, 28, 28], [n]). Its size is its cardinality, or counted in one pass when unknown."""
+    image_spec, _ = ds.element_spec
+    is_blocks = image_spec.shape.rank == len(IMAGE_SHAPE) + 1
+    blocks = (ds if is_blocks else ds.batch(decoded.BLOCK)).map(
+        lambda images, labels: (tf.cast(images, tf.uint8), tf.cast(labels, tf.int64))
+    )
+    count = -1 if is_blocks else int(ds.cardinality())
+    if count < 0:
+        count = int(blocks.reduce(tf.constant(0, tf.int64), lambda n, block: n + tf.shape(block[1], tf.int64)[0]))
+    return Examples(blocks, count, origin)
 
 
 def load_split(split, source="tfds", raw_dir=DEFAULT_RAW_DIR, tfds_dir=None):
-    """``split`` ("train" or "test") as a Dataset of (image uint8 [28, 28], label int64), canonical order."""
-    _check_split_and_source(split, source)
-    if source == "idx":
-        return _idx_dataset(raw_dir, split)
-    return _tfds_dataset(prepare_tfds(raw_dir, tfds_dir), split)
+    """``split`` as a Dataset of single examples (image uint8 [28, 28], label int64), in the source's order."""
+    return load_examples(split, source, raw_dir, tfds_dir).blocks.unbatch()
 
 
-def load_arrays(split, source="tfds", raw_dir=DEFAULT_RAW_DIR, tfds_dir=None):
-    """``split`` as NumPy (uint8 images [n, 28, 28], int64 labels [n]), canonical order.
+def to_numpy(examples):
+    """All examples of ``Examples`` (or a Dataset of single examples or of blocks) as two NumPy arrays.
 
-    "tfds": from the array cache when it holds TFDS's prepared files' examples (neither TFDS nor a PNG
-    decode needed), else prepared and read as ``load_split`` does, then cached. "idx": the checked files.
+    A reading error that surfaces only while streaming (a damaged record) becomes a DataError.
     """
-    _check_split_and_source(split, source)
-    if source == "idx":
-        return _idx_arrays(raw_dir, split)
-    try:
-        return cache.read(split, tfds_dir)
-    except cache.CacheMiss as miss:
-        logging.info("%s: reading %s through TFDS and caching its arrays", miss, TFDS_NAME)
-    return cache_tfds_arrays(raw_dir, tfds_dir)[split]
-
-
-def _raw_arrays_equal_to_tfds(builder, raw_dir):
-    """Both splits read from the raw files, or None unless they are what ``builder`` prepared.
-
-    The files are checked against the checksums TFDS registers (so they are the bytes any prepare of this
-    dataset read), and the examples at both ends of each split must equal TFDS's own decoding: the
-    canonical order is TFDS's writing order, which only TFDS can vouch for.
-    """
-    try:
-        arrays = {split: _idx_arrays(raw_dir, split) for split in RAW_FILES}
-    except DataError as e:
-        logging.info("raw files not used for the cache: %s", e)
-        return None
-    # One TFDS read of both ends of both splits: setting up a TFDS pipeline costs more than decoding 2,000 PNGs.
-    n, ends = CACHE_SAMPLE, (slice(None, CACHE_SAMPLE), slice(-CACHE_SAMPLE, None))
-    sample = to_numpy(_tfds_dataset(builder, "+".join(f"{split}[:{n}]+{split}[-{n}:]" for split in arrays)))
-    expected = [np.concatenate([arrays[split][part][end] for split in arrays for end in ends]) for part in (0, 1)]
-    if not all(np.array_equal(got, want) for got, want in zip(sample, expected)):
-        logging.warning("%s differs between TFDS and the raw files at the ends of a split: caching TFDS's decoding", TFDS_NAME)
-        return None
-    return arrays
-
-
-def cache_tfds_arrays(raw_dir=DEFAULT_RAW_DIR, tfds_dir=None):
-    """Prepare TFDS's dataset if needed, cache its arrays beside it, and return {split: (images, labels)}.
-
-    The arrays come from the raw files when they are the ones TFDS prepares from and agree with TFDS at
-    both ends of each split (0.5 s), else from TFDS's own decoding of its 70,000 PNGs (3-6 s). A folder
-    that cannot be written (read-only, remote) only loses the cache.
-    """
-    builder = prepare_tfds(raw_dir, tfds_dir)
-    arrays = _raw_arrays_equal_to_tfds(builder, raw_dir)
-    if arrays is None:
-        arrays = {split: to_numpy(_tfds_dataset(builder, split)) for split in RAW_FILES}
-        provenance = {"from": "TFDS's decoding of its prepared files"}
-    else:
-        provenance = {
-            "from": f"the raw files, equal to TFDS's decoding of the first and last {CACHE_SAMPLE} of each split",
-            "raw_sha256": registered_checksums(),
-        }
-    version_dir = pathlib.Path(builder.data_dir)
-    # Only where cache.read looks: a local folder under the TFDS data dir that was asked for.
-    if version_dir.is_dir() and version_dir.parent.resolve() == (cache.tfds_data_dir(tfds_dir) / TFDS_NAME).resolve():
-        try:
-            cache.write(version_dir, arrays, provenance)
-        except OSError as e:
-            logging.warning("array cache not written in %s (%s): the next run decodes TFDS's files again", version_dir, e)
-    return arrays
-
-
-def to_numpy(ds):
-    """All (image, label) pairs of a finite Dataset as two NumPy arrays.
-
-    A reading error that surfaces only while streaming (a TFDS cache damaged after it was prepared)
-    becomes a DataError.
-    """
+    blocks = examples.blocks if isinstance(examples, Examples) else examples
+    if blocks.element_spec[0].shape.rank == len(IMAGE_SHAPE):
+        blocks = blocks.batch(decoded.BLOCK)
     images, labels = [], []
     try:
-        for x, y in ds.batch(10_000).as_numpy_iterator():
+        for x, y in blocks.as_numpy_iterator():
             images.append(x)
             labels.append(y)
     except tf.errors.OpError as e:
+        if isinstance(examples, Examples):
+            raise examples.read_error(e) from e
         raise DataError(f"reading the data failed: {e.message.strip().splitlines()[0]}") from e
     return np.concatenate(images), np.concatenate(labels)
+
+
+def load_arrays(split, source="tfds", raw_dir=DEFAULT_RAW_DIR, tfds_dir=None):
+    """``split`` in memory, as NumPy (uint8 images [n, 28, 28], int64 labels [n]) in the source's order: for
+    consumers that need arrays (scikit-learn, plots, the test set of an evaluation)."""
+    return to_numpy(load_examples(split, source, raw_dir, tfds_dir))
+
+
+@functools.cache
+def tfds_order(split, count):
+    """The permutation TFDS applies when it writes ``split``: example i of the files goes to position rank(i).
+
+    TFDS sorts examples by md5(split name + str(key)) as a 128-bit integer, and fashion_mnist's keys are
+    file indices. Only for consumers that must match work done on the original files (the notebook's k-fold
+    cross-validation, its first picture); training never needs it.
+    """
+    salt = split.encode()
+    digests = np.array([hashlib.md5(salt + b"%d" % index).digest() for index in range(count)], dtype="S16")
+    order = np.argsort(digests, kind="stable").astype(np.int64)
+    order.flags.writeable = False
+    return order
+
+
+def load_arrays_in_file_order(split, source="tfds", raw_dir=DEFAULT_RAW_DIR, tfds_dir=None):
+    """``load_arrays`` in the original files' order, whichever the source."""
+    images, labels = load_arrays(split, source, raw_dir, tfds_dir)
+    if source == "idx":
+        return images, labels
+    inverse = np.argsort(tfds_order(split, len(labels)))
+    return images[inverse], labels[inverse]
