@@ -105,6 +105,7 @@ def make_evaluator(model):
     """A function (Examples, batches) -> (mean sparse categorical cross-entropy, accuracy) of ``model`` on the
     batches (default: ``data.evaluation_data`` of the examples), in one graph."""
 
+    @data.plain_function
     def add_batch(totals, batch):
         (x, y), (loss_sum, correct) = batch, totals
         probabilities = model(x, training=False)
@@ -128,12 +129,16 @@ def make_evaluator(model):
     return evaluate
 
 
-def _step_fn(model, optimizer, replicas, per_replica_batch):
-    """Step ``i`` of a chunk on one replica's slices; returns [loss sum, correct, count] of its batch."""
+def _step_fn(model, optimizer, replicas):
+    """One step on one replica: rows [begin, begin + size) of its chunk; returns [loss sum, correct, count].
 
-    def step(chunk_x, chunk_y, i):
-        begin = i * per_replica_batch
-        x, y = chunk_x[begin : begin + per_replica_batch], chunk_y[begin : begin + per_replica_batch]
+    ``size`` is a Python int for full batches, so the step's shapes are static (a quarter faster on CPU than
+    the same ops on an unknown batch dimension), or a tensor for an epoch's final partial batch.
+    """
+
+    def step(chunk_x, chunk_y, begin, size):
+        x = tf.slice(chunk_x, tf.stack([begin, 0]), tf.stack([size, -1]))
+        y = tf.slice(chunk_y, tf.reshape(begin, [1]), tf.reshape(size, [1]))
         with tf.GradientTape() as tape:
             probabilities = model(x, training=True)
             loss = tf.reduce_mean(keras.losses.sparse_categorical_crossentropy(y, probabilities))
@@ -148,26 +153,39 @@ def _step_fn(model, optimizer, replicas, per_replica_batch):
     return step
 
 
-def _epoch_fn(strategy, step, per_replica_batch):
+def _epoch_fn(strategy, step, per_replica_batch, partial_batch):
     """(iterator, chunks) -> (global [loss sum, correct, count], examples this worker's replicas trained on).
 
     One call runs a whole epoch in the graph: the loop draws the epoch's ``chunks`` from the distributed
     dataset's iterator and runs each chunk's steps with ``strategy.run``, so nothing goes back to Python
     between steps. The same loop serves every strategy: under the default one ``strategy.run`` is a plain call.
+    ``partial_batch``: an epoch ends with a partial batch (one replica only: several get whole batches), run
+    by a second step of its own shape.
     """
 
+    def run_step(chunk, begin, size, totals, local):
+        per_replica = strategy.run(step, args=(*chunk, begin, size))
+        totals += strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None)
+        local += tf.add_n([r[2] for r in strategy.experimental_local_results(per_replica)])
+        return totals, local
+
     def run_chunk(iterator, totals, local):
-        chunk_x, chunk_y = next(iterator)
-        rows = tf.shape(strategy.experimental_local_results(chunk_y)[0])[0]
+        chunk = next(iterator)
+        rows = tf.shape(strategy.experimental_local_results(chunk[1])[0])[0]
+        full = rows // per_replica_batch
 
-        def run_step(i, totals, local):
-            per_replica = strategy.run(step, args=(chunk_x, chunk_y, i))
-            totals += strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None)
-            local += tf.add_n([r[2] for r in strategy.experimental_local_results(per_replica)])
-            return i + 1, totals, local
+        def full_step(i, totals, local):
+            return (i + 1, *run_step(chunk, i * per_replica_batch, per_replica_batch, totals, local))
 
-        steps = (rows + per_replica_batch - 1) // per_replica_batch
-        return tf.while_loop(lambda i, *_: i < steps, run_step, (tf.constant(0), totals, local))[1:]
+        totals, local = tf.while_loop(lambda i, *_: i < full, full_step, (tf.constant(0), totals, local))[1:]
+        if partial_batch:
+            begin = full * per_replica_batch
+            totals, local = tf.cond(
+                begin < rows,
+                lambda: run_step(chunk, begin, rows - begin, totals, local),
+                lambda: (totals, local),
+            )
+        return totals, local
 
     # Explicit loops: autograph's source conversion would only add tracing time to the first epoch.
     @tf.function(autograph=False)
@@ -227,7 +245,8 @@ def train(model, optimizer, train_examples, validation_examples, epochs, batch_s
     with strategy.scope():
         # Eagerly, in the strategy's scope: variables created inside a replicated tf.function break it.
         optimizer.build(model.trainable_variables)
-    run_epoch = _epoch_fn(strategy, _step_fn(model, optimizer, replicas, batch_size // replicas), batch_size // replicas)
+    partial_batch = replicas == 1 and train_examples.count % batch_size > 0
+    run_epoch = _epoch_fn(strategy, _step_fn(model, optimizer, replicas), batch_size // replicas, partial_batch)
     evaluate = make_evaluator(model)
     validation_batches = data.evaluation_data(validation_examples, cache=True)
     shard = {"input_pipeline": 0, "input_pipelines": 1, "examples": 0}

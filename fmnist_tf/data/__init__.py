@@ -34,7 +34,7 @@ _EXPORTS = {
     ),  # fmt: skip
     **dict.fromkeys(("VALIDATION_FRACTION", "validation_mask", "select", "split_train_validation", "load_splits"), "splits"),
     **dict.fromkeys(
-        ("normalize", "epoch_order", "shuffled", "chunks_per_epoch", "training_data", "evaluation_data"), "pipeline"
+        ("normalize", "plain_function", "epoch_order", "shuffled", "chunks_per_epoch", "training_data", "evaluation_data"), "pipeline"
     ),
 }
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -16,8 +16,11 @@ Training, per epoch (``training_data``):
    so N replicas take exactly the single machine's steps;
 4. normalize, in parallel, then prefetch (to the device, under a strategy).
 
-Memory is bounded by the shuffle buffer, one chunk per stage and the prefetch, not by the dataset.
+Memory is bounded by the shuffle buffer, one chunk per stage and the prefetch, not by the dataset. A buffer of
+the whole split (the default) holds the split anyway: it is then cached after the first epoch.
 """
+
+import functools
 
 import tensorflow as tf
 
@@ -29,6 +32,9 @@ CHUNK_EXAMPLES = 2_048
 EVALUATION_BATCH = 2_000
 # The window seed of window i is (seed, epoch + i * 2**32): window 0 keeps (seed, epoch).
 _WINDOW_STRIDE = 2**32
+# tf.data traces its functions through autograph; these have no Python control flow on tensors, so the source
+# conversion would only add to the tracing that every run pays before its first step.
+plain_function = tf.autograph.experimental.do_not_convert
 
 
 def normalize(images):
@@ -41,6 +47,7 @@ def normalize(images):
     return tf.reshape(pixels, tf.concat([tf.shape(images)[:-2], [NUM_PIXELS]], axis=0))
 
 
+@plain_function
 def _normalize_pair(images, labels):
     return normalize(images), labels
 
@@ -58,26 +65,30 @@ def window_size(count, batch_size, shuffle_buffer=None):
     return count if window == count else max(batch_size, window // batch_size * batch_size)
 
 
-def shuffled(examples, seed, epoch, window):
+def shuffled(examples, seed, epoch, window, whole_split=None):
     """``examples`` of one epoch as windows of ``window`` examples (the last: the rest), each permuted by
     ``epoch_order``.
 
     With a window smaller than the split, blocks first pass through a seeded ``shuffle`` of as many examples,
     so that a window mixes blocks from all over the split; a window of the whole split is the epoch uniformly
-    permuted. ``epoch`` may be a tensor.
+    permuted, taken from ``whole_split`` (the split as one element) when given. ``epoch`` is a tensor only then.
     """
-    blocks = examples.blocks
-    if window < examples.count:
-        # tf.data's shuffle takes one int64 seed: (seed, epoch) folded into it.
-        block_seed = tf.cast(seed, tf.int64) * 1_000_003 + tf.cast(epoch, tf.int64)
-        blocks = blocks.shuffle(max(1, window // examples.block), seed=block_seed)
+    if window >= examples.count and whole_split is not None:
+        windows = whole_split
+    else:
+        blocks = examples.blocks
+        if window < examples.count:
+            # tf.data's shuffle takes one seed, a Python integer: (seed, epoch) folded into it.
+            blocks = blocks.shuffle(max(1, window // examples.block), seed=(seed * 1_000_003 + epoch) % 2**63)
+        windows = blocks.rebatch(window)
 
+    @plain_function
     def permute(index, block):
         images, labels = block
         order = epoch_order(tf.shape(labels, out_type=tf.int64)[0], seed, epoch, index)
         return tf.gather(images, order), tf.gather(labels, order)
 
-    return blocks.rebatch(window).enumerate().map(permute)
+    return windows.enumerate().map(permute)
 
 
 def chunk_steps(batch_size):
@@ -110,13 +121,22 @@ def training_data(examples, batch_size, seed, epochs, shuffle_buffer=None, repli
     """
     if batch_size % replicas:
         raise ValueError(f"batch_size {batch_size} is not divisible by the {replicas} replicas")
+    if not len(epochs):
+        raise ValueError(f"no epoch to train in {epochs}")
     window = window_size(examples.count, batch_size, shuffle_buffer)
     chunk = chunk_steps(batch_size) * batch_size
-    windows = (
-        tf.data.Dataset.range(epochs.start, epochs.stop)
-        .flat_map(lambda epoch: shuffled(examples, seed, epoch, window))
-        .prefetch(1)
-    )
+    # A buffer of the whole split holds it in memory anyway: kept after the first pass (tf.data's cache, the
+    # TFDS guide's step) rather than read again every epoch. A smaller buffer streams every epoch from the source.
+    if window >= examples.count:
+        whole_split = examples.blocks.rebatch(window).cache()
+        epoch_windows = plain_function(lambda epoch: shuffled(examples, seed, epoch, window, whole_split))
+        windows = tf.data.Dataset.range(epochs.start, epochs.stop).flat_map(epoch_windows)
+    else:
+        # One Dataset per epoch: the block shuffle's seed must be a Python integer.
+        windows = functools.reduce(
+            tf.data.Dataset.concatenate, [shuffled(examples, seed, epoch, window) for epoch in epochs]
+        )
+    windows = windows.prefetch(1)
 
     def chunks(images, labels):
         return tf.data.Dataset.from_tensors((images, labels)).rebatch(chunk)
@@ -124,6 +144,7 @@ def training_data(examples, batch_size, seed, epochs, shuffle_buffer=None, repli
     if replicas > 1:
         chunks = _replica_chunks(chunks, batch_size, replicas, context)
 
+    @plain_function
     def normalized_chunks(images, labels):
         # Inside the flat_map: placed after a flat_map of rebatches, a parallel map makes TF's graph rewrites
         # log an error line on stderr under op determinism (a NodeDef attribute mismatch), the data unchanged.
@@ -137,10 +158,12 @@ def _replica_chunks(chunks, batch_size, replicas, context):
     pipelines, pipeline_id = (context.num_input_pipelines, context.input_pipeline_id) if context else (1, 0)
     local, per_replica = replicas // pipelines, batch_size // replicas
 
+    @plain_function
     def whole_batches(images, labels):
         rows = tf.shape(labels)[0] // batch_size * batch_size
         return images[:rows], labels[:rows]
 
+    @plain_function
     def local_slices(images, labels):
         # [rows] -> [steps, replica, per_replica] -> this pipeline's replicas, each its slices in step order.
         def cut(t):
@@ -155,7 +178,7 @@ def _replica_chunks(chunks, batch_size, replicas, context):
         return (
             chunks(images, labels)
             .map(whole_batches)
-            .filter(lambda images, labels: tf.size(labels) > 0)
+            .filter(plain_function(lambda images, labels: tf.size(labels) > 0))
             .map(local_slices)
             .unbatch()
         )

@@ -16,6 +16,7 @@ import tensorflow as tf
 from absl import logging
 
 from fmnist_tf.data import decoded
+from fmnist_tf.data.pipeline import plain_function
 from fmnist_tf.data.files import (
     DEFAULT_RAW_DIR,
     IMAGE_SHAPE,
@@ -75,6 +76,7 @@ def idx_examples(raw_dir, split):
         str(labels_path), block, header_bytes=LABELS_HEADER_BYTES, compression_type="GZIP"
     )
 
+    @plain_function
     def decode(image_record, label_record):
         pixels = tf.reshape(tf.io.decode_raw(image_record, tf.uint8), (-1, *IMAGE_SHAPE))
         return pixels, tf.cast(tf.io.decode_raw(label_record, tf.uint8), tf.int64)

@@ -4,6 +4,7 @@ import numpy as np
 import tensorflow as tf
 
 from fmnist_tf.data.files import DEFAULT_RAW_DIR
+from fmnist_tf.data.pipeline import plain_function
 from fmnist_tf.data.sources import Examples, load_examples
 
 VALIDATION_FRACTION = 0.2
@@ -22,6 +23,7 @@ def select(examples, keep):
         raise ValueError(f"a mask of {len(keep)} for {examples.count} examples")
     keep_t = tf.constant(keep)
 
+    @plain_function
     def pick(offset, block):
         images, labels = block
         end = offset + tf.shape(labels, out_type=tf.int64)[0]
