@@ -1,7 +1,6 @@
-"""Shared fixtures: the shipped raw files; a first user's run whose TFDS data dir every test reads; one trained
-export; IDX file makers. What several files need is made once per test run, whichever xdist worker asks first."""
+"""Shared fixtures: the shipped raw files; a prepared TFDS dir; a first user's run; one trained export; IDX file
+makers. What several files need is made once per test run, whichever xdist worker asks first."""
 
-import contextlib
 import dataclasses
 import fcntl
 import gzip
@@ -14,7 +13,6 @@ import signal
 import struct
 import subprocess
 import sys
-import threading
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -27,30 +25,15 @@ from fmnist_tf import data  # noqa: E402
 REPO = pathlib.Path(__file__).resolve().parent.parent
 
 
-# Files whose tests share no module fixture go test by test to whichever xdist worker is free; every other file
-# goes whole to one worker, so its module fixtures (trained models, a built wheel) are made once.
-SPREAD_FILES = {"test_reliability.py", "test_scripts.py", "test_decoded.py"}
-
-
-@pytest.hookimpl(optionalhook=True)  # pytest-xdist's hook: unknown to pytest without it
-def pytest_xdist_make_scheduler(config, log):
-    from xdist.scheduler import LoadScopeScheduling
-
-    class ByFileUnlessSpread(LoadScopeScheduling):
-        def _split_scope(self, nodeid):
-            path = nodeid.split("::", 1)[0]
-            return nodeid if pathlib.PurePath(path).name in SPREAD_FILES else path
-
-    return ByFileUnlessSpread(config, log)
+# Tests that need these fixtures (a TFDS build, minutes of training or converting) are in the slow tier, with the
+# files marked slow as a whole: `-m "not slow"` is the inner loop.
+SLOW_FIXTURES = {"first_user", "tfds_dir", "tfds_reference", "exports", "every_strategy", "cnn_export"}
 
 
 def pytest_collection_modifyitems(items):
-    # The tests that need the first user's run (it builds TFDS, ~50 s, in the background from the session's start),
-    # and the other tests of their file when it goes whole to one worker, after all the others: meanwhile both
-    # workers have work (setup.cfg keeps this order: --no-loadscope-reorder).
-    late = {item.path if item.path.name not in SPREAD_FILES else item for item in items
-            if {"first_user", "tfds_dir"} & set(item.fixturenames)}  # fmt: skip
-    items.sort(key=lambda item: item in late or item.path in late)
+    for item in items:
+        if SLOW_FIXTURES & set(item.fixturenames):
+            item.add_marker(pytest.mark.slow)
 
 
 def shared_folder(tmp_path_factory, name, make):
@@ -107,31 +90,12 @@ def _make_first_user(root):
     (root / "runs.json").write_text(json.dumps(runs))
 
 
-@pytest.fixture(scope="session", autouse=True)
-def _first_user_started_early(request, tmp_path_factory):
-    """The first user's run takes ~50 s, mostly TFDS's single-threaded build: when a selected test needs it, it
-    starts in a thread (waiting on its child processes) as the session begins, so that the tests before the
-    first that needs it run meanwhile. A failure there is left to the fixture, which tries again and reports."""
-    if not any({"first_user", "tfds_dir"} & set(item.fixturenames) for item in request.session.items):
-        yield
-        return
-
-    def make_quietly():
-        with contextlib.suppress(Exception):
-            shared_folder(tmp_path_factory, "first-user", _make_first_user)
-
-    thread = threading.Thread(target=make_quietly, daemon=True)
-    thread.start()
-    yield
-    thread.join()
-
-
 @pytest.fixture(scope="session")
 def first_user(tmp_path_factory):
     """A new user's first run, from an empty folder in a fresh HOME, as it often goes: ``train.py --epochs=1
     --workdir=run --metrics_json=m.json`` is killed (SIGKILL) while TFDS writes fashion_mnist's examples into
-    ~/tensorflow_datasets, then the same command runs to the end. Made once per test run (it builds TFDS
-    from the shipped files, ~30 s here): its ~/tensorflow_datasets is every test's ``tfds_dir``."""
+    ~/tensorflow_datasets, then the same command runs to the end. Made once per test run, for the tests of a
+    first run."""
     root = shared_folder(tmp_path_factory, "first-user", _make_first_user)
     runs = json.loads((root / "runs.json").read_text())
     killed, first = (subprocess.CompletedProcess(FIRST_RUN_FLAGS, *runs[name]) for name in ("killed", "first"))
@@ -139,11 +103,15 @@ def first_user(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def tfds_dir(first_user):
-    """The TFDS data dir the first user's run prepared: fashion_mnist built offline from the shipped files,
-    with its decoded copies. Read only: copy it to damage it."""
-    assert first_user.first.returncode == 0, first_user.first.stderr[-3000:]
-    return str(first_user.home / "tensorflow_datasets")
+def tfds_dir(tmp_path_factory):
+    """A TFDS data dir with fashion_mnist built offline from the shipped files and its decoded copies, made once
+    per test run. Read only: copy it to damage it."""
+
+    def make(folder):
+        for split in data.RAW_FILES:
+            data.load_examples(split, "tfds", tfds_dir=str(folder))
+
+    return str(shared_folder(tmp_path_factory, "tfds", make))
 
 
 @pytest.fixture(scope="session")

@@ -1,5 +1,6 @@
 import gzip
 
+import pytest
 import numpy as np
 
 from fmnist_tf import baseline, data
@@ -16,6 +17,7 @@ def test_arrays_are_the_notebooks_float64_pixels_in_the_original_file_order():
     assert y_train[:10].tolist() == [9, 0, 0, 3, 0, 2, 7, 2, 5, 5]
 
 
+@pytest.mark.slow
 def test_cross_validation_on_real_data_beats_a_floor():
     (x_train, y_train), (x_test, y_test) = baseline.load_baseline_arrays(source="idx")
     figures = baseline.run_baseline(

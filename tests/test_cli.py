@@ -86,6 +86,7 @@ def test_each_model_kind_defaults_to_the_settings_behind_its_documented_accuracy
         assert config.export_dir == configs.default_export_dir(name)
 
 
+@pytest.mark.slow
 def test_model_flag_alone_takes_the_models_defaults_and_an_explicit_flag_wins(tmp_path):
     done = run_script("train.py", "--model=mlp", "--epochs=1", "--source=idx", "--metrics_json=m.json", cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -177,6 +178,7 @@ def test_only_tensorflows_known_start_up_lines_are_dropped():
     assert startup.without_noise(TF_STARTUP + other) == other
 
 
+@pytest.mark.slow
 def test_a_tensorflow_that_fails_to_start_is_shown_in_full(tmp_path):
     """A broken install (here a `tensorflow` package whose import fails after its C++ side logged) is not hidden."""
     broken = tmp_path / "broken" / "tensorflow"

@@ -8,10 +8,13 @@ import socket
 import subprocess
 
 import numpy as np
+import pytest
 import tensorflow as tf
 
 from conftest import REPO, error_lines, script_command
 from fmnist_tf import data, export
+
+pytestmark = pytest.mark.slow  # every test runs the jobs in subprocesses
 
 
 def _free_ports(n):

@@ -117,6 +117,7 @@ def test_a_path_without_a_saved_model_is_a_clear_error(exported, tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.slow
 def test_script_prints_the_summary_and_writes_the_files(exported, expected, tmp_path):
     base, version, _ = exported
     labels, predictions = expected
@@ -136,6 +137,7 @@ def test_script_prints_the_summary_and_writes_the_files(exported, expected, tmp_
     assert provenance["figures"]["test_accuracy"] == pytest.approx(np.mean(labels == predictions), abs=2e-4)
 
 
+@pytest.mark.slow
 def test_script_with_a_bad_model_dir_stops_with_one_line(tmp_path):
     nowhere, out = tmp_path / "nowhere", tmp_path / "out"
     done = run_script("evaluate.py", f"--model_dir={nowhere}", f"--out_dir={out}", "--source=idx")

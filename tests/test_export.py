@@ -119,6 +119,7 @@ def test_all_signatures_agree(trained):
             np.testing.assert_array_equal(other[name].numpy(), by_raw[name].numpy())
 
 
+@pytest.mark.slow
 def test_saved_model_cli_lists_the_signatures(trained):
     _, _, version, _, _ = trained
     cli = os.path.join(os.path.dirname(sys.executable), "saved_model_cli")
@@ -343,6 +344,7 @@ LOAD_WITHOUT_PACKAGE = textwrap.dedent(
 )
 
 
+@pytest.mark.slow
 def test_other_tf_code_loads_it_without_the_package(trained, tmp_path):
     _, _, version, images, labels = trained
     np.save(tmp_path / "x.npy", images)

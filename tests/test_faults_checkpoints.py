@@ -165,6 +165,7 @@ def test_glob_characters_in_a_workdir_are_refused_before_any_work(tmp_path):
     assert not (tmp_path / "runs[v2]").exists()
 
 
+@pytest.mark.slow
 def test_scripts_resume_past_a_damaged_checkpoint_and_stop_in_one_line_on_a_lost_history(tmp_path):
     workdir = tmp_path / "w"
     first = run_script("train.py", *TRAIN, "--epochs=2", f"--workdir={workdir}", cwd=tmp_path)
@@ -192,6 +193,7 @@ def test_scripts_resume_past_a_damaged_checkpoint_and_stop_in_one_line_on_a_lost
     assert error_lines(as_file) == [f"error: workdir {workdir} is a file, not a folder: use another --workdir"]
 
 
+@pytest.mark.slow
 def test_a_diverging_run_stops_in_one_line_and_publishes_nothing(tmp_path):
     base = tmp_path / "models" / "fm"
     for workdir in ([f"--workdir={tmp_path / 'w'}"], []):

@@ -10,6 +10,8 @@ from fmnist_tf import export
 from fmnist_tf.checkpoints import Workdir, WorkdirError
 from fmnist_tf.model import build_model
 
+pytestmark = pytest.mark.slow  # every test runs the jobs in subprocesses
+
 
 @pytest.mark.parametrize("where", ["/proc/nope/m.json", "folder"])
 def test_a_bad_metrics_json_stops_train_before_any_work(tmp_path, where):

@@ -22,7 +22,7 @@ import pytest
 
 from conftest import REPO
 
-pytestmark = pytest.mark.install
+pytestmark = [pytest.mark.install, pytest.mark.slow]
 
 DATA = "fmnist_tf/data/fashion-mnist/"
 # What `pip wheel .` reads from a clone: the build config, the long description and the package.

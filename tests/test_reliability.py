@@ -29,6 +29,7 @@ def _checkpoint_values(workdir):
     return {name: tf.train.load_variable(latest, name) for name, _ in tf.train.list_variables(latest)}
 
 
+@pytest.mark.slow
 def test_training_killed_mid_epoch_resumes_to_the_same_weights_and_metrics(tmp_path):
     # mlp: its Dropout draws from a seed generator whose state must resume with the weights. Batch 32:
     # 1,500 steps an epoch, long enough for the kill to land inside the second epoch.
@@ -100,6 +101,7 @@ def _digest(path):
     return {p.relative_to(path): p.read_bytes() for p in sorted(path.rglob("*")) if p.is_file()}
 
 
+@pytest.mark.slow
 def test_export_killed_midway_leaves_no_version_and_the_next_export_cleans_up(tmp_path):
     from fmnist_tf.model import build_model
 
@@ -136,6 +138,7 @@ def test_temporary_exports_are_reaped_only_when_their_writer_is_gone(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(name for name, kept in names.items() if kept)
 
 
+@pytest.mark.slow
 def test_concurrent_exports_get_distinct_complete_versions(tmp_path):
     base = tmp_path / "fashion_mnist"
     procs = [
@@ -210,6 +213,7 @@ def test_bad_data_files_are_named_and_nothing_is_exported(raw_copy, tmp_path, so
     assert export.versions(base) == []
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("source", data.SOURCES)
 def test_a_bad_data_file_stops_the_script_with_one_line(raw_copy, tmp_path, source):
     name, problem = _corrupt(raw_copy)
@@ -224,18 +228,19 @@ def test_a_bad_data_file_stops_the_script_with_one_line(raw_copy, tmp_path, sour
     assert not (tmp_path / "models" / "fashion_mnist").exists() or export.versions(tmp_path / "models" / "fashion_mnist") == []
 
 
+@pytest.mark.slow
 def test_traceback_only_on_request(raw_copy, tmp_path):
     _missing(raw_copy)
     done = run_script("train.py", f"--raw_dir={raw_copy}", "--source=idx", "--verbosity=1", "--export_dir=")
     assert done.returncode != 0 and "Traceback" in done.stderr and "DataError" in done.stderr
 
 
-def test_interrupted_tfds_prepare_does_not_break_the_next_run(first_user, tfds_dir, tfds_reference):
+def test_interrupted_tfds_prepare_does_not_break_the_next_run(first_user, tfds_reference):
     # conftest's first user: train.py killed while TFDS wrote examples into its incomplete.* folder, then again.
     assert first_user.killed.returncode == -signal.SIGKILL
     assert first_user.killed.stdout.startswith("building TFDS fashion_mnist from the files in ")
     assert first_user.first.returncode == 0, first_user.first.stderr[-3000:]
-    builder = data.prepare_tfds(data.DEFAULT_RAW_DIR, tfds_dir)  # prepared: a no-op
+    builder = data.prepare_tfds(data.DEFAULT_RAW_DIR, first_user.home / "tensorflow_datasets")  # prepared: a no-op
     assert builder.is_prepared() and builder.info.splits["test"].num_examples == 10_000
     # TFDS's own records, decoded (not the package's copy), hold exactly the files' examples, in TFDS's order.
     for split in data.RAW_FILES:

@@ -31,6 +31,7 @@ def test_bad_flags_stop_with_one_line(tmp_path, flag, message):
     assert not (tmp_path / "m").exists() or not any((tmp_path / "m").iterdir())
 
 
+@pytest.mark.slow
 def test_explore_writes_the_grid_and_counts(tmp_path):
     out = tmp_path / "grid.png"
     done = run_script("explore.py", f"--out={out}", "--count=10", "--source=idx")
