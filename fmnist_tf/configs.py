@@ -19,12 +19,15 @@ class ModelDefaults:
     # split: one thread each for intra- and inter-op work trained 5 epochs in 0.6 s instead of 0.9 s here
     # (BUILD_NOTES.md); the convolutions of "cnn" do want every core.
     threads: int
+    # Random flips and shifts of the training examples (``data.augment``), drawn anew every epoch.
+    augment: bool
 
 
 MODEL_DEFAULTS = {
-    "softmax": ModelDefaults(optimizer="rmsprop", batch_size=32, epochs=5, threads=1),
-    "mlp": ModelDefaults(optimizer="adam", batch_size=128, epochs=30, threads=0),
-    "cnn": ModelDefaults(optimizer="adam", batch_size=64, epochs=10, threads=0),
+    "softmax": ModelDefaults(optimizer="rmsprop", batch_size=32, epochs=5, threads=1, augment=False),
+    "mlp": ModelDefaults(optimizer="adam", batch_size=128, epochs=30, threads=0, augment=False),
+    "cnn": ModelDefaults(optimizer="adam", batch_size=64, epochs=10, threads=0, augment=False),
+    "cnn_bn": ModelDefaults(optimizer="adam", batch_size=128, epochs=20, threads=0, augment=True),
 }
 MODELS = tuple(MODEL_DEFAULTS)
 # Threads beyond a few per core only queue up, each with its own stack: a huge count exhausts memory first.

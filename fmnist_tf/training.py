@@ -55,13 +55,14 @@ class Config:
     workdir: str | None = None
     threads: int | None = None  # TF thread pools (0: TF's default); None: the model's default
     shuffle_buffer: int | None = None  # examples; None: the whole training split (a full shuffle)
+    augment: bool | None = None  # flips and shifts of the training examples; None: the model's default
     verbose: bool = True
 
     def __post_init__(self):
         defaults = configs.MODEL_DEFAULTS.get(self.model)
         if defaults is None:
             return  # validate() names the bad model
-        for name in ("epochs", "batch_size", "optimizer", "threads"):
+        for name in ("epochs", "batch_size", "optimizer", "threads", "augment"):
             if getattr(self, name) is None:
                 setattr(self, name, getattr(defaults, name))
         if self.export_dir is None:
@@ -82,6 +83,8 @@ class Config:
                 f"threads must be 0 (TF's default) or a positive integer up to {configs.MAX_THREADS} (8 per core), "
                 f"got {self.threads!r}"
             )
+        if not isinstance(self.augment, bool):
+            raise ValueError(f"augment must be True or False, got {self.augment!r}")
         if self.learning_rate is not None and not self.learning_rate > 0:
             raise ValueError(f"learning_rate must be positive, got {self.learning_rate!r}")
         for name, allowed in (("source", data.SOURCES), ("model", configs.MODELS), ("optimizer", configs.OPTIMIZERS)):
@@ -229,13 +232,13 @@ def _check_workers_agree(strategy, train_examples, start, model, optimizer, sett
 
 
 def train(model, optimizer, train_examples, validation_examples, epochs, batch_size, seed, strategy,
-          shuffle_buffer=None, workdir=None, verbose=True, after_epoch=None):  # fmt: skip
+          shuffle_buffer=None, workdir=None, verbose=True, after_epoch=None, augment=False):  # fmt: skip
     """Train ``model`` for ``epochs`` on ``train_examples`` (``data.Examples``) through the tf.data pipeline;
     return (Keras-style history dict, this worker's shard figures).
 
     Each epoch is ``data.training_data`` for every input pipeline of ``strategy``
     (``distribute_datasets_from_function``), shuffled through ``shuffle_buffer`` examples (None: the whole
-    split). With ``workdir``, a run killed at any point and started again resumes after its last completed
+    split), and flipped and shifted with ``augment``. With ``workdir``, a run killed at any point and started again resumes after its last completed
     epoch and ends with the same weights as an uninterrupted run. ``after_epoch(epoch)`` is called once
     each epoch's checkpoint is written.
     """
@@ -255,7 +258,9 @@ def train(model, optimizer, train_examples, validation_examples, epochs, batch_s
         def dataset_fn(context):
             shard.update(input_pipeline=context.input_pipeline_id, input_pipelines=context.num_input_pipelines)
             epochs_range = range(first, epochs)
-            return data.training_data(train_examples, batch_size, seed, epochs_range, shuffle_buffer, replicas, context)
+            return data.training_data(
+                train_examples, batch_size, seed, epochs_range, shuffle_buffer, replicas, context, augment
+            )
 
         return iter(strategy.distribute_datasets_from_function(dataset_fn))
 
@@ -263,7 +268,7 @@ def train(model, optimizer, train_examples, validation_examples, epochs, batch_s
     checkpoints = Checkpoints(workdir, model, optimizer, chief) if workdir else None
     start, history = checkpoints.restore() if checkpoints else (0, empty_history())
     if worker_count(strategy) > 1:
-        settings = [epochs, batch_size, seed, shuffle_buffer]
+        settings = [epochs, batch_size, seed, shuffle_buffer, augment]
         _check_workers_agree(strategy, train_examples, start, model, optimizer, settings)
     if start >= epochs and verbose:
         print(f"Run in {workdir} finished all {start} epochs before: nothing to train")
@@ -351,7 +356,7 @@ def _run(config, datasets, strategy, chief, workdir):
     fit_start = time.perf_counter()
     history, shard = train(model, optimizer, splits["train"], splits["validation"], config.epochs, config.batch_size,
                            config.seed, strategy, config.shuffle_buffer, config.workdir, config.verbose,
-                           refresh_lock)  # fmt: skip
+                           refresh_lock, config.augment)  # fmt: skip
     fit_seconds = time.perf_counter() - fit_start
     # The last epoch evaluated these weights on validation already (or, resumed, its checkpoint did).
     val_loss, val_accuracy = history["val_loss"][-1], history["val_accuracy"][-1]

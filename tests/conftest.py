@@ -1,6 +1,7 @@
 """Shared fixtures: the shipped raw files; a prepared TFDS dir; a first user's run; one trained export; IDX file
 makers. What several files need is made once per test run, whichever xdist worker asks first."""
 
+import contextlib
 import dataclasses
 import fcntl
 import gzip
@@ -147,6 +148,19 @@ def one_epoch_run(tmp_path_factory):
 
     folder = shared_folder(tmp_path_factory, "one-epoch-run", make)
     return folder, json.loads((folder / "figures.json").read_text())
+
+
+@contextlib.contextmanager
+def tmpfs(folder, options):
+    """A tmpfs mounted at the new folder ``folder`` with mount ``options`` (e.g. "size=100k", "ro,size=100k") for
+    the block: a small or read-only disk. Root only: the test is skipped elsewhere."""
+    folder.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(folder)]).returncode:
+        pytest.skip(f"cannot mount a tmpfs ({options}) here: needs root")
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", str(folder)], check=True)
 
 
 @pytest.fixture

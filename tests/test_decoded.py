@@ -3,6 +3,7 @@ file is read again, and a damaged copy is rebuilt or named in one line, never re
 
 import hashlib
 import json
+import os
 import pathlib
 import shutil
 import subprocess
@@ -138,3 +139,33 @@ def test_a_tfds_dir_where_no_copy_can_be_written_is_read_directly(tfds_copy, tfd
     examples = data.load_examples("test", "tfds", tfds_dir=tfds_copy)
     assert examples.origin == str(version_dir)
     _assert_equal(data.to_numpy(examples), tfds_reference["test"])
+
+
+def _fake_version_dir(root):
+    """A TFDS version folder as TFDS leaves it: its record files and dataset_info.json (contents irrelevant here)."""
+    version_dir = root / data.TFDS_NAME / "3.0.1"
+    version_dir.mkdir(parents=True)
+    for name in ("dataset_info.json", f"{data.TFDS_NAME}-train.tfrecord-00000-of-00001"):
+        (version_dir / name).write_bytes(b"x" * 100)
+    return version_dir
+
+
+def test_the_key_follows_every_file_tfds_wrote_and_find_checks_the_manifest(tmp_path):
+    version_dir = _fake_version_dir(tmp_path)
+    key = decoded.cache_key(version_dir, "train")
+    assert decoded.cache_key(version_dir, "train") == key != decoded.cache_key(version_dir, "test")
+    assert decoded.find(str(tmp_path), "train") is None  # no copy yet
+    # A complete copy: its files and the manifest listing their sizes.
+    folder = version_dir / decoded.DIRNAME / f"train-{key}"
+    (folder / "shard").mkdir(parents=True)
+    (folder / "shard" / "0.snapshot").write_bytes(b"y" * 10)
+    manifest = {"files": {"shard/0.snapshot": 10}, "examples": 1, "blocks": 1, "image_shape": [28, 28, 1]}
+    (folder / decoded.MANIFEST).write_text(json.dumps(manifest))
+    assert decoded.find(str(tmp_path), "train") == (folder, manifest)
+    (folder / "shard" / "0.snapshot").write_bytes(b"y" * 9)  # truncated
+    assert decoded.find(str(tmp_path), "train") is None
+    (folder / "shard" / "0.snapshot").write_bytes(b"y" * 10)
+    records = version_dir / f"{data.TFDS_NAME}-train.tfrecord-00000-of-00001"
+    records.write_bytes(b"z" * 100)  # the same size, rewritten: another time
+    os.utime(records, ns=(records.stat().st_atime_ns, records.stat().st_mtime_ns + 1_000))
+    assert decoded.cache_key(version_dir, "train") != key and decoded.find(str(tmp_path), "train") is None

@@ -4,13 +4,12 @@ workdir that cannot be used. Nothing restarts silently over good checkpoints; ev
 import json
 import os
 import shutil
-import subprocess
 
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import error_lines, run_script
+from conftest import error_lines, run_script, tmpfs
 from fmnist_tf import checkpoints, training
 from fmnist_tf.checkpoints import CheckpointError, Checkpoints, Workdir, WorkdirError
 from fmnist_tf.model import build_model, make_optimizer
@@ -139,11 +138,7 @@ def test_a_run_json_that_does_not_parse_is_named(tmp_path):
 
 
 def test_a_full_disk_while_saving_a_checkpoint_is_one_line_and_the_previous_stays(tmp_path):
-    workdir = tmp_path / "small"
-    workdir.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=100k", "tmpfs", str(workdir)]).returncode:
-        pytest.skip("cannot mount a small tmpfs here (needs root)")
-    try:
+    with tmpfs(tmp_path / "small", "size=100k") as workdir:
         model, optimizer = _model_and_optimizer()  # a checkpoint with RMSprop's moments is ~63 KB: one fits, two do not
         saver = Checkpoints(str(workdir), model, optimizer, chief=True)
         saver.save(1, _history(1))
@@ -154,8 +149,6 @@ def test_a_full_disk_while_saving_a_checkpoint_is_one_line_and_the_previous_stay
         assert "No space left on device" in message and "function_node" not in message, message
         assert checkpoints.completed_epochs(str(workdir)) == 1
         assert not [p for p in (workdir / "checkpoints").iterdir() if ".tmp-" in p.name]
-    finally:
-        subprocess.run(["umount", str(workdir)], check=True)
 
 
 def test_glob_characters_in_a_workdir_are_refused_before_any_work(tmp_path):

@@ -14,7 +14,7 @@ import tensorflow as tf
 from google.protobuf import text_format
 from tensorflow_serving.config import model_server_config_pb2
 
-from conftest import error_lines, run_script
+from conftest import error_lines, run_script, tmpfs
 from fmnist_tf import export, serving_check, storage, training
 from fmnist_tf.model import build_model
 
@@ -40,12 +40,8 @@ def _nan_model():
 @pytest.fixture
 def small_disk(tmp_path):
     """A 200 KB tmpfs at tmp_path/small (root only; skipped otherwise), unmounted afterwards."""
-    folder = tmp_path / "small"
-    folder.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=200k", "tmpfs", str(folder)]).returncode:
-        pytest.skip("cannot mount a small tmpfs here (needs root)")
-    yield folder
-    subprocess.run(["umount", str(folder)], check=True)
+    with tmpfs(tmp_path / "small", "size=200k") as folder:
+        yield folder
 
 
 # --- Before any work: where a run may export ------------------------------------------------------------

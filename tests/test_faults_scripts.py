@@ -1,11 +1,10 @@
 """The doors' faults as a user meets them: outputs checked before any work, bounded flags, TensorFlow's own errors
 in one line, a read-only workdir."""
 
-import subprocess
 
 import pytest
 
-from conftest import error_lines, run_script
+from conftest import error_lines, run_script, tmpfs
 from fmnist_tf import export
 from fmnist_tf.checkpoints import Workdir, WorkdirError
 from fmnist_tf.model import build_model
@@ -53,15 +52,9 @@ def test_tensorflows_own_errors_are_one_line_with_the_file(tmp_path):
 
 
 def test_a_read_only_workdir_is_one_line(tmp_path):
-    folder = tmp_path / "ro"
-    folder.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=100k", "tmpfs", str(folder)]).returncode:
-        pytest.skip("cannot mount a read-only tmpfs here (needs root)")
-    try:
+    with tmpfs(tmp_path / "ro", "ro,size=100k") as folder:
         with pytest.raises(WorkdirError) as error:
             with Workdir(folder / "w").lock():
                 pass
         assert str(error.value).startswith(f"workdir {folder / 'w'} cannot be written: ")
         assert "Read-only file system" in str(error.value) and str(error.value).endswith("use a writable --workdir")
-    finally:
-        subprocess.run(["umount", str(folder)], check=True)

@@ -24,6 +24,10 @@ flags.DEFINE_integer(
     "shuffle_buffer", None, "Examples in the shuffle buffer; default the whole training split (a full shuffle).",
     lower_bound=1,
 )
+flags.DEFINE_boolean(
+    "augment", None,
+    "Flip and shift the training examples, differently every epoch (--noaugment: off); default the model's.",
+)  # fmt: skip
 flags.DEFINE_string("workdir", None, "Checkpoints (a killed run resumes from here) and TensorBoard logs.")
 flags.DEFINE_string("metrics_json", None, "Write the figures to this JSON file.")
 flags.DEFINE_integer(
@@ -52,6 +56,7 @@ def main(argv):
         workdir=FLAGS.workdir,
         threads=FLAGS.threads,
         shuffle_buffer=FLAGS.shuffle_buffer,
+        augment=FLAGS.augment,
     )
     config.validate()  # a bad flag stops here, before a first run builds TFDS
     common.check_output_file(FLAGS.metrics_json, "--metrics_json")  # not after training: the figures would be lost

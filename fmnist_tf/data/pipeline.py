@@ -14,7 +14,8 @@ Training, per epoch (``training_data``):
    call of the training loop runs in the graph (Keras's ``steps_per_execution`` idea);
 3. shard: each input pipeline of a ``tf.distribute`` strategy keeps its replicas' slices of every global batch,
    so N replicas take exactly the single machine's steps;
-4. normalize, in parallel, then prefetch (to the device, under a strategy).
+4. augment (when asked: flips and shifts, ``augment``, keyed by seed, epoch, window and chunk) and normalize, in
+   parallel, then prefetch (to the device, under a strategy).
 
 Memory is bounded by the shuffle buffer, one chunk per stage and the prefetch, not by the dataset. A buffer of
 the whole split (the default) holds the split anyway: it is then cached after the first epoch.
@@ -24,6 +25,8 @@ import functools
 
 import tensorflow as tf
 
+from fmnist_tf.data.augment import augment as augment_images
+from fmnist_tf.data.augment import chunk_key
 from fmnist_tf.data.files import NUM_PIXELS
 
 # Examples per chunk handed to the training loop (rounded down to whole global batches): large enough that
@@ -52,9 +55,14 @@ def _normalize_pair(images, labels):
     return normalize(images), labels
 
 
+def window_key(seed, epoch, window=0):
+    """The stateless random key of one window: every draw for its examples (order, augmentation) comes from it."""
+    return tf.stack([tf.cast(seed, tf.int64), tf.cast(epoch, tf.int64) + tf.cast(window, tf.int64) * _WINDOW_STRIDE])
+
+
 def epoch_order(num_examples, seed, epoch, window=0):
     """The permutation of one window of ``num_examples``: a pure function of (seed, epoch, window)."""
-    key = tf.stack([tf.cast(seed, tf.int64), tf.cast(epoch, tf.int64) + tf.cast(window, tf.int64) * _WINDOW_STRIDE])
+    key = window_key(seed, epoch, window)
     return tf.random.experimental.stateless_shuffle(tf.range(num_examples, dtype=tf.int64), seed=key)
 
 
@@ -67,7 +75,7 @@ def window_size(count, batch_size, shuffle_buffer=None):
 
 def shuffled(examples, seed, epoch, window, whole_split=None):
     """``examples`` of one epoch as windows of ``window`` examples (the last: the rest), each permuted by
-    ``epoch_order``.
+    ``epoch_order``: (images, labels, the window's ``window_key``).
 
     With a window smaller than the split, blocks first pass through a seeded ``shuffle`` of as many examples,
     so that a window mixes blocks from all over the split; a window of the whole split is the epoch uniformly
@@ -86,7 +94,7 @@ def shuffled(examples, seed, epoch, window, whole_split=None):
     def permute(index, block):
         images, labels = block
         order = epoch_order(tf.shape(labels, out_type=tf.int64)[0], seed, epoch, index)
-        return tf.gather(images, order), tf.gather(labels, order)
+        return tf.gather(images, order), tf.gather(labels, order), window_key(seed, epoch, index)
 
     return windows.enumerate().map(permute)
 
@@ -106,9 +114,13 @@ def chunks_per_epoch(count, batch_size, replicas=1, shuffle_buffer=None):
     return sum(-(-r // chunk) for r in rows)
 
 
-def training_data(examples, batch_size, seed, epochs, shuffle_buffer=None, replicas=1, context=None):
+def training_data(examples, batch_size, seed, epochs, shuffle_buffer=None, replicas=1, context=None, augment=False):
     """Training data of ``epochs`` (a range) for one input pipeline: (float32 [n, 784], int64 [n]) chunks of
     steps, ``chunks_per_epoch`` of them per epoch, epoch after epoch.
+
+    ``augment``: each chunk's images are flipped and shifted (``augment.augment``) before they are normalized,
+    keyed by (seed, epoch, window, chunk): the same bits for a seed, other draws every epoch. Under several
+    replicas the whole chunk is augmented before it is cut, so N replicas train on one machine's examples.
 
     ``batch_size`` is the global batch. With one replica a chunk is ``n`` consecutive examples of the epoch's
     order, step s of it taking rows [s*b, (s+1)*b), and an epoch's final partial batch is kept, as Keras keeps
@@ -138,17 +150,25 @@ def training_data(examples, batch_size, seed, epochs, shuffle_buffer=None, repli
         )
     windows = windows.prefetch(1)
 
-    def chunks(images, labels):
-        return tf.data.Dataset.from_tensors((images, labels)).rebatch(chunk)
+    def chunks(images, labels, key):
+        batches = tf.data.Dataset.from_tensors((images, labels)).rebatch(chunk)
+        if not augment:
+            return batches
+
+        @plain_function
+        def augmented(index, batch):
+            return augment_images(batch[0], chunk_key(key, index)), batch[1]
+
+        return batches.enumerate().map(augmented, num_parallel_calls=tf.data.AUTOTUNE)
 
     if replicas > 1:
         chunks = _replica_chunks(chunks, batch_size, replicas, context)
 
     @plain_function
-    def normalized_chunks(images, labels):
+    def normalized_chunks(images, labels, key):
         # Inside the flat_map: placed after a flat_map of rebatches, a parallel map makes TF's graph rewrites
         # log an error line on stderr under op determinism (a NodeDef attribute mismatch), the data unchanged.
-        return chunks(images, labels).map(_normalize_pair, num_parallel_calls=tf.data.AUTOTUNE)
+        return chunks(images, labels, key).map(_normalize_pair, num_parallel_calls=tf.data.AUTOTUNE)
 
     return windows.flat_map(normalized_chunks).prefetch(tf.data.AUTOTUNE)
 
@@ -174,9 +194,9 @@ def _replica_chunks(chunks, batch_size, replicas, context):
 
         return cut(images), cut(labels)
 
-    def cut_chunks(images, labels):
+    def cut_chunks(images, labels, key):
         return (
-            chunks(images, labels)
+            chunks(images, labels, key)
             .map(whole_batches)
             .filter(plain_function(lambda images, labels: tf.size(labels) > 0))
             .map(local_slices)
