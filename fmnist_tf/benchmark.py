@@ -16,7 +16,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from fmnist_tf import baseline, data, evaluation, export, lite, training
+from fmnist_tf import baseline, data, training
+from fmnist_tf.serving import export, lite
 from fmnist_tf.data import decoded
 from fmnist_tf.model import build_model, make_optimizer
 
@@ -187,7 +188,7 @@ def bench_lite(model, train_images, test_images):
         paths, _ = lite.write_models(version, f"{tmp}/lite", lite.representative_images(train_images))
         one = {lite.INPUT_NAME: test_images[:1]}
         for kind, path in paths.items():
-            runner = evaluation.load_lite_model(path)
+            runner = lite.load_lite_model(path)
             p50, p99 = _latencies_ms(lambda: runner(**one), calls=500)
             figures[f"lite_{kind}_p50_ms_batch1"], figures[f"lite_{kind}_p99_ms_batch1"] = p50, p99
     return figures

@@ -22,7 +22,7 @@ from google.protobuf import text_format
 from tensorflow.python.checkpoint import checkpoint_management
 
 from fmnist_tf import storage
-from fmnist_tf.export import nonfinite_variables
+from fmnist_tf.serving.export import nonfinite_variables
 
 HISTORY_KEYS = ("loss", "accuracy", "val_loss", "val_accuracy")
 # What shapes the training steps, as train.py's flags name it: a resumed run must have the same.
@@ -115,7 +115,7 @@ def completed_epochs(workdir):
 
 def _absolute(path):
     # A relative export dir names another folder from another working directory; a URL stays as it is.
-    return str(path) if "://" in str(path) else os.path.abspath(path)
+    return str(path) if storage.is_url(path) else os.path.abspath(path)
 
 
 def _flag_value(value):
@@ -266,17 +266,7 @@ class Workdir:
         if holder.get("host") != self.holder["host"]:
             return False
         pid = holder.get("pid")
-        return pid == os.getpid() or not _alive(pid)
-
-
-def _alive(pid):
-    try:
-        os.kill(int(pid), 0)
-    except (TypeError, ValueError, ProcessLookupError):
-        return False
-    except PermissionError:  # alive, another user's process
-        pass
-    return True
+        return pid == os.getpid() or not storage.pid_alive(pid)
 
 
 def _state_file_problem(folder, restored):

@@ -1,7 +1,7 @@
 """Per-model training settings: one small table read by ``training.Config`` and by the flags' defaults.
 
 TF-free, so ``--help`` can show each model's defaults before TensorFlow loads. The softmax row is the
-notebook's setting; the mlp and cnn rows are the ones that reach the accuracies in BUILD_NOTES.md.
+notebook's setting; the mlp, cnn and cnn_bn rows are the ones that reach the accuracies in BUILD_NOTES.md.
 """
 
 import dataclasses
@@ -19,15 +19,17 @@ class ModelDefaults:
     # split: one thread each for intra- and inter-op work trained 5 epochs in 0.6 s instead of 0.9 s here
     # (BUILD_NOTES.md); the convolutions of "cnn" do want every core.
     threads: int
-    # Random flips and shifts of the training examples (``data.augment``), drawn anew every epoch.
+    # Random flips and shifts of the training examples (``data.augmentation``), drawn anew every epoch.
     augment: bool
+    # The learning rate is multiplied by this every epoch (1: constant).
+    learning_rate_decay: float
 
 
 MODEL_DEFAULTS = {
-    "softmax": ModelDefaults(optimizer="rmsprop", batch_size=32, epochs=5, threads=1, augment=False),
-    "mlp": ModelDefaults(optimizer="adam", batch_size=128, epochs=30, threads=0, augment=False),
-    "cnn": ModelDefaults(optimizer="adam", batch_size=64, epochs=10, threads=0, augment=False),
-    "cnn_bn": ModelDefaults(optimizer="adam", batch_size=128, epochs=20, threads=0, augment=True),
+    "softmax": ModelDefaults("rmsprop", batch_size=32, epochs=5, threads=1, augment=False, learning_rate_decay=1.0),
+    "mlp": ModelDefaults("adam", batch_size=128, epochs=30, threads=0, augment=False, learning_rate_decay=1.0),
+    "cnn": ModelDefaults("adam", batch_size=64, epochs=10, threads=0, augment=False, learning_rate_decay=1.0),
+    "cnn_bn": ModelDefaults("adam", batch_size=128, epochs=20, threads=0, augment=True, learning_rate_decay=0.85),
 }
 MODELS = tuple(MODEL_DEFAULTS)
 # Threads beyond a few per core only queue up, each with its own stack: a huge count exhausts memory first.

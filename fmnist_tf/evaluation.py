@@ -5,22 +5,22 @@ never through this package's Keras code: the report describes the artifact that 
 A LiteRT model (a ``.tflite`` file, see ``lite``) is scored the same way through the LiteRT interpreter.
 """
 
+import json
 import os
 import pathlib
 
 import numpy as np
 import tensorflow as tf
-from ai_edge_litert.interpreter import Interpreter
 from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 
-from fmnist_tf import data, export, plots, storage
+from fmnist_tf import data, plots, storage
+from fmnist_tf.serving import export
 
 REPORT_FILE = "report.json"
 CONFUSION_MATRIX_FILE = "confusion_matrix.png"
 MISTAKES_FILE = "mistakes.png"
 TOP_CONFUSED = 5
 LITE_SUFFIX = ".tflite"
-LITE_OUTPUT = "probabilities"  # a LiteRT model's serving_default returns only these (names: labels.txt)
 
 
 class ModelDirError(ValueError):
@@ -71,35 +71,6 @@ def predict_classes(signature, images, batch_size=1_000):
     input_name = export.SIGNATURE_INPUTS[export.SERVING_DEFAULT]
     batches = (
         signature(**{input_name: tf.constant(images[start : start + batch_size])})["class_id"].numpy()
-        for start in range(0, len(images), batch_size)
-    )
-    return np.concatenate(list(batches)).astype(np.int64)
-
-
-def load_lite_model(path):
-    """The serving_default signature runner of the LiteRT model at ``path`` (a .tflite file from ``lite``)."""
-    path = pathlib.Path(path)
-    if not path.is_file():
-        raise ModelDirError(f"LiteRT model {path} does not exist or is not a file")
-    try:
-        interpreter = Interpreter(model_path=str(path))
-    except (ValueError, RuntimeError) as e:
-        raise ModelDirError(f"{path}: not a LiteRT model: {str(e).strip().splitlines()[0]}") from e
-    signatures = interpreter.get_signature_list()
-    expected = {"inputs": [export.SIGNATURE_INPUTS[export.SERVING_DEFAULT]], "outputs": [LITE_OUTPUT]}
-    if signatures.get(export.SERVING_DEFAULT) != expected:
-        raise ModelDirError(
-            f"{path}: expected a {export.SERVING_DEFAULT} signature {expected}, found {signatures or 'none'}"
-        )
-    return interpreter.get_signature_runner(export.SERVING_DEFAULT)
-
-
-def predict_lite_classes(runner, images, batch_size=1_000):
-    """The argmax class of the LiteRT signature ``runner``'s probabilities for each uint8 [n, 28, 28] image."""
-    input_name = export.SIGNATURE_INPUTS[export.SERVING_DEFAULT]
-    # The runner resizes its input to each batch (the last may be shorter).
-    batches = (
-        np.argmax(runner(**{input_name: images[start : start + batch_size]})[LITE_OUTPUT], axis=-1)
         for start in range(0, len(images), batch_size)
     )
     return np.concatenate(list(batches)).astype(np.int64)
@@ -171,9 +142,11 @@ def evaluate_saved_model(model_dir, out_dir, source="tfds", raw_dir=data.DEFAULT
 def evaluate_lite_model(path, out_dir, source="tfds", raw_dir=data.DEFAULT_RAW_DIR, tfds_dir=None, mistakes=20):
     """Score the LiteRT model at ``path`` (a .tflite file) through the LiteRT interpreter, as
     ``evaluate_saved_model`` scores an export: the same files and report dict."""
-    runner = load_lite_model(path)
+    from fmnist_tf.serving import lite  # the LiteRT interpreter: only a .tflite needs it
+
+    runner = lite.load_lite_model(path)
     images, labels = data.load_arrays("test", source, raw_dir, tfds_dir)
-    predictions = predict_lite_classes(runner, images)
+    predictions = lite.predict_lite_classes(runner, images)
     return write_report(out_dir, path, images, labels, predictions, mistakes)
 
 
@@ -193,3 +166,39 @@ def write_report(out_dir, model_path, images, labels, predictions, mistakes):
     plots.save_confusion_matrix(os.path.join(out_dir, CONFUSION_MATRIX_FILE), report["confusion_matrix"])
     save_mistakes(os.path.join(out_dir, MISTAKES_FILE), images, labels, predictions, mistakes)
     return report
+
+
+class ReportError(ValueError):
+    """A file given as a report to compare with is not a report.json of ``write_report``."""
+
+
+def read_report(path):
+    """The report ``write_report`` wrote to ``path`` (a report.json), checked for what a comparison reads."""
+    try:
+        with tf.io.gfile.GFile(str(path)) as f:
+            report = json.load(f)
+    except (tf.errors.NotFoundError, json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ReportError(f"cannot read the report {path}: {str(e).splitlines()[0]}") from e
+    report = report if isinstance(report, dict) else {}
+    rows, matrix = report.get("per_class") or [], report.get("confusion_matrix")
+    if len(rows) != data.NUM_CLASSES or np.shape(matrix) != (data.NUM_CLASSES,) * 2 or "most_confused" not in report:
+        raise ReportError(f"{path} is not a report.json of evaluate.py: no per_class rows or confusion_matrix")
+    return report
+
+
+def compare_reports(report, other):
+    """``report`` beside ``other`` (two reports of ``metrics_report``): per-class recall, and the pairs most
+    confused by either (each one's top pairs), with both counts, this report's highest first."""
+    recall = [
+        {"class_name": row["class_name"], "recall": row["recall"], "other_recall": other_row["recall"]}
+        for row, other_row in zip(report["per_class"], other["per_class"])
+    ]
+    pairs = {(p["true_id"], p["predicted_id"]) for r in (report, other) for p in r["most_confused"]}
+    counts = [(report["confusion_matrix"][t][p], other["confusion_matrix"][t][p], t, p) for t, p in pairs]
+    counts.sort(key=lambda c: (-c[0], -c[1], c[2], c[3]))
+    confused = [
+        {"true": data.CLASS_NAMES[t], "predicted": data.CLASS_NAMES[p], "count": count, "other_count": other_count}
+        for count, other_count, t, p in counts
+    ]
+    return {"accuracy": report["accuracy"], "other_accuracy": other["accuracy"], "recall": recall,
+            "most_confused": confused}  # fmt: skip

@@ -44,10 +44,26 @@ def check_glob_free(path, what):
     return path
 
 
+def pid_alive(pid):
+    """True while process ``pid`` runs on this host (another user's included); False for a gone or invalid pid."""
+    try:
+        os.kill(int(pid), 0)
+    except (TypeError, ValueError, ProcessLookupError):
+        return False
+    except PermissionError:  # alive, another user's process
+        pass
+    return True
+
+
+def is_url(path):
+    """True for a path with a scheme (``gs://``, ``s3://``, ``ram://``, ``file://``): not for ``pathlib`` or ``os``."""
+    return re.match(r"[a-zA-Z][a-zA-Z0-9+.-]*://", str(path)) is not None
+
+
 def is_local(path):
     """True for a plain path (or ``file://``): a POSIX file system, with atomic rename and exclusive create."""
     path = str(path)
-    return "://" not in path or path.startswith("file://")
+    return not is_url(path) or path.startswith("file://")
 
 
 def local_path(path):

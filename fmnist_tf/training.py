@@ -20,7 +20,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from fmnist_tf import configs, data, export, storage
+from fmnist_tf import configs, data, storage
+from fmnist_tf.serving import export
 from fmnist_tf.checkpoints import HISTORY_KEYS, Checkpoints, Workdir, empty_history
 from fmnist_tf.distribute import (
     agree_across_workers,
@@ -56,13 +57,14 @@ class Config:
     threads: int | None = None  # TF thread pools (0: TF's default); None: the model's default
     shuffle_buffer: int | None = None  # examples; None: the whole training split (a full shuffle)
     augment: bool | None = None  # flips and shifts of the training examples; None: the model's default
+    learning_rate_decay: float | None = None  # the learning rate's factor per epoch; None: the model's default
     verbose: bool = True
 
     def __post_init__(self):
         defaults = configs.MODEL_DEFAULTS.get(self.model)
         if defaults is None:
             return  # validate() names the bad model
-        for name in ("epochs", "batch_size", "optimizer", "threads", "augment"):
+        for name in ("epochs", "batch_size", "optimizer", "threads", "augment", "learning_rate_decay"):
             if getattr(self, name) is None:
                 setattr(self, name, getattr(defaults, name))
         if self.export_dir is None:
@@ -85,6 +87,10 @@ class Config:
             )
         if not isinstance(self.augment, bool):
             raise ValueError(f"augment must be True or False, got {self.augment!r}")
+        if isinstance(self.learning_rate_decay, bool) or not (
+            isinstance(self.learning_rate_decay, (int, float)) and 0 < self.learning_rate_decay <= 1
+        ):
+            raise ValueError(f"learning_rate_decay must be in (0, 1], got {self.learning_rate_decay!r}")
         if self.learning_rate is not None and not self.learning_rate > 0:
             raise ValueError(f"learning_rate must be positive, got {self.learning_rate!r}")
         for name, allowed in (("source", data.SOURCES), ("model", configs.MODELS), ("optimizer", configs.OPTIMIZERS)):
@@ -350,7 +356,8 @@ def _run(config, datasets, strategy, chief, workdir):
     make_deterministic(config.seed)
     with strategy.scope():
         model = build_model(config.model)
-        optimizer = make_optimizer(config.optimizer, config.learning_rate)
+        steps_per_epoch = -(-splits["train"].count // config.batch_size)
+        optimizer = make_optimizer(config.optimizer, config.learning_rate, config.learning_rate_decay, steps_per_epoch)
 
     refresh_lock = (lambda _: workdir.refresh_lock()) if workdir and chief else None
     fit_start = time.perf_counter()

@@ -12,7 +12,8 @@ import pytest
 import tensorflow as tf
 
 from conftest import REPO, error_lines, script_command
-from fmnist_tf import data, export
+from fmnist_tf import data
+from fmnist_tf.serving import export
 
 pytestmark = pytest.mark.slow  # every test runs the jobs in subprocesses
 

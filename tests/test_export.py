@@ -23,7 +23,8 @@ from google.protobuf import text_format
 from tensorflow_serving.apis import prediction_log_pb2
 from tensorflow_serving.config import model_server_config_pb2
 
-from fmnist_tf import data, export, serving_check, training
+from fmnist_tf import data, training
+from fmnist_tf.serving import export, layout
 from fmnist_tf.model import build_model, make_optimizer
 
 
@@ -225,7 +226,7 @@ def test_a_malformed_model_config_is_named_and_left_alone(trained, tmp_path):
     path = tmp_path / "models.config"
     text = 'model_config_list { config { name: "a" base_path: "/x"\n'  # unbalanced: TF Serving would not start
     path.write_text(text)
-    with pytest.raises(serving_check.ModelConfigError, match=re.escape(str(path))):
+    with pytest.raises(layout.ModelConfigError, match=re.escape(str(path))):
         export.write_model_config(path, base)
     assert path.read_text() == text
     assert sorted(p.name for p in tmp_path.iterdir()) == ["fashion_mnist", "models.config"]

@@ -5,7 +5,6 @@ import os
 import re
 import struct
 import subprocess
-import time
 import zlib
 
 import numpy as np
@@ -15,7 +14,8 @@ from google.protobuf import text_format
 from tensorflow_serving.config import model_server_config_pb2
 
 from conftest import error_lines, run_script, tmpfs
-from fmnist_tf import export, serving_check, storage, training
+from fmnist_tf import storage, training
+from fmnist_tf.serving import c_api, check, export, layout
 from fmnist_tf.model import build_model
 
 
@@ -102,7 +102,7 @@ def test_check_serving_fails_a_version_with_non_finite_weights(tmp_path):
 
 
 def test_check_serving_passes_finite_weights(version):
-    assert serving_check.finite_weights_check(version).ok
+    assert check.finite_weights_check(version).ok
 
 
 # --- A full disk, damaged files ---------------------------------------------------------------------------
@@ -142,11 +142,11 @@ def test_a_warmup_record_that_is_not_a_proto_fails_the_check_in_one_line(version
     copy.parent.mkdir()
     subprocess.run(["cp", "-r", str(version), str(copy)], check=True)
     (copy / "assets.extra").mkdir(exist_ok=True)
-    with tf.io.TFRecordWriter(str(copy / serving_check.WARMUP_FILE)) as writer:
+    with tf.io.TFRecordWriter(str(copy / layout.WARMUP_FILE)) as writer:
         writer.write(b"\xff\xfe not a PredictionLog")
-    with serving_check.CSavedModel(copy) as saved_model:
-        with pytest.raises(serving_check.ServingCheckError, match=r"record 1 is not a PredictionLog"):
-            serving_check.replay_warmup(saved_model, copy)
+    with c_api.CSavedModel(copy) as saved_model:
+        with pytest.raises(layout.ServingCheckError, match=r"record 1 is not a PredictionLog"):
+            check.replay_warmup(saved_model, copy)
 
 
 # --- models.config: a user's entries --------------------------------------------------------------------
@@ -157,7 +157,7 @@ def test_a_users_entry_of_the_same_name_is_never_repointed(version, tmp_path):
     users = '# the production model\nmodel_config_list {\n  config {\n    name: "fashion_mnist"\n' \
             '    base_path: "/srv/other/fashion_mnist"\n    model_platform: "tensorflow"\n  }\n}\n'  # fmt: skip
     config_path.write_text(users)
-    with pytest.raises(serving_check.ModelConfigError) as error:
+    with pytest.raises(layout.ModelConfigError) as error:
         export.write_model_config(config_path, version.parent)
     assert str(error.value) == (
         f"{config_path} already lists model fashion_mnist at /srv/other/fashion_mnist, not at this export's "
@@ -165,7 +165,7 @@ def test_a_users_entry_of_the_same_name_is_never_repointed(version, tmp_path):
     )
     assert config_path.read_text() == users
     # A run checks this before it trains.
-    with pytest.raises(serving_check.ModelConfigError, match="already lists model fashion_mnist"):
+    with pytest.raises(layout.ModelConfigError, match="already lists model fashion_mnist"):
         export.read_listable_model_config(config_path, version.parent)
 
 
@@ -202,11 +202,10 @@ def _zlib_bomb_28x28(inflated=1 << 30):
 def test_a_zlib_bomb_in_a_valid_28x28_png_is_refused_before_it_is_inflated(signatures):
     bomb = _zlib_bomb_28x28()
     assert len(bomb) < 1_200_000
-    began = time.perf_counter()
+    # Refused by the size node, which runs before any decode (the decode of this one would inflate 1 GiB).
     with pytest.raises(tf.errors.InvalidArgumentError, match=re.escape(f"png_too_large: serving_png takes PNGs of at "
                        f"most {export.MAX_PNG_BYTES} bytes; refused (index; bytes):] [[0]] [{len(bomb)}]")):  # fmt: skip
         signatures["serving_png"](png_bytes=tf.constant([bomb]))
-    assert time.perf_counter() - began < 0.5
 
 
 def test_an_honest_png_is_far_under_the_cap_and_a_request_has_a_total_cap(signatures, version):

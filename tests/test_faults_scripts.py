@@ -5,7 +5,7 @@ in one line, a read-only workdir."""
 import pytest
 
 from conftest import error_lines, run_script, tmpfs
-from fmnist_tf import export
+from fmnist_tf.serving import export
 from fmnist_tf.checkpoints import Workdir, WorkdirError
 from fmnist_tf.model import build_model
 

@@ -10,7 +10,8 @@ import tensorflow as tf
 from ai_edge_litert.interpreter import Interpreter
 
 from conftest import error_lines, run_script
-from fmnist_tf import data, evaluation, lite, training
+from fmnist_tf import data, evaluation, training
+from fmnist_tf.serving import lite
 
 KINDS = ("softmax", "mlp", "cnn")
 

@@ -17,7 +17,8 @@ import pytest
 import tensorflow as tf
 
 from conftest import REPO, error_lines, run_script, script_command, wait_for, write_idx
-from fmnist_tf import data, export, training
+from fmnist_tf import data, training
+from fmnist_tf.serving import export
 
 
 def _variables(version_dir):
@@ -81,7 +82,8 @@ EXPORT_AND_DIE = textwrap.dedent(
     """
     import os, signal, sys
     import numpy as np
-    from fmnist_tf import export, model
+    from fmnist_tf import model
+    from fmnist_tf.serving import export
     export._write_warmup = lambda *args: os.kill(os.getpid(), signal.SIGKILL)
     export.export_saved_model(model.build_model(), sys.argv[1], warmup_images=np.zeros((1, 28, 28), np.uint8))
     """
@@ -90,7 +92,8 @@ EXPORT_AND_DIE = textwrap.dedent(
 EXPORT_THREE = textwrap.dedent(
     """
     import sys
-    from fmnist_tf import export, model
+    from fmnist_tf import model
+    from fmnist_tf.serving import export
     m = model.build_model()
     print(" ".join(str(export.export_saved_model(m, sys.argv[1])) for _ in range(3)))
     """

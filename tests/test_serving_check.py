@@ -1,7 +1,7 @@
 """Exports loaded by TensorFlow's C++ SavedModel loader (the one TF Serving uses), and the pre-flight check.
 
 Each model kind is trained briefly on real data (one epoch on a slice) and exported once; the C API
-(``serving_check.CSavedModel``, ctypes over the wheel's libtensorflow_cc.so.2) loads it with the tag "serve"
+(``c_api.CSavedModel``, ctypes over the wheel's libtensorflow_cc.so.2) loads it with the tag "serve"
 and runs it by the tensor names in the signatures, with no tf.saved_model.load.
 """
 
@@ -18,7 +18,8 @@ import pytest
 import tensorflow as tf
 from conftest import REPO, error_lines
 
-from fmnist_tf import configs, data, export, serving_check, training
+from fmnist_tf import configs, data, training
+from fmnist_tf.serving import c_api, check, export, layout
 from fmnist_tf.model import build_model, make_optimizer
 
 KINDS = ("softmax", "mlp", "cnn")
@@ -107,7 +108,7 @@ def exported(request):
 
 def test_the_cpp_loader_runs_serving_default_by_tensor_names_like_the_keras_model(exported, arrays):
     images, labels = data.to_numpy(arrays["test"])
-    with serving_check.CSavedModel(exported.version) as saved_model:
+    with c_api.CSavedModel(exported.version) as saved_model:
         signature = saved_model.meta_graph.signature_def["serving_default"]
         assert signature.method_name == "tensorflow/serving/predict"
         (input_info,) = signature.inputs.values()
@@ -130,8 +131,8 @@ def test_every_warmup_record_replays_in_the_cpp_loader(exported, arrays):
     expected = exported.probabilities[:4].argmax(axis=1)
     path = exported.version / export.WARMUP_FILE
     records = [prediction_log_pb2.PredictionLog.FromString(r) for r in tf.data.TFRecordDataset(str(path)).as_numpy_iterator()]
-    with serving_check.CSavedModel(exported.version) as saved_model:
-        assert serving_check.replay_warmup(saved_model, exported.version) == len(records) == 3
+    with c_api.CSavedModel(exported.version) as saved_model:
+        assert check.replay_warmup(saved_model, exported.version) == len(records) == 3
         for record in records:
             request = record.predict_log.request
             outputs = saved_model.predict(request)
@@ -140,14 +141,14 @@ def test_every_warmup_record_replays_in_the_cpp_loader(exported, arrays):
 
 
 def test_the_check_passes_and_models_config_lists_each_kind_side_by_side(softmax_export, mlp_export, cnn_export, models_dir):
-    checks, provenance = serving_check.run_checks(softmax_export.base)
+    checks, provenance = check.run_checks(softmax_export.base)
     assert [c.name for c in checks if not c.ok] == []
     names = [c.name for c in checks]
     assert names[0] == "C++ loader" and {"warmup", "test accuracy", "readable by other users", "models.config"} <= set(names)
     assert [n for n in names if n.startswith("signature ")] == [f"signature {s}" for s in sorted(export.SIGNATURE_INPUTS)]
     assert provenance["model"] == "softmax" and provenance["figures"] == softmax_export.figures
     assert provenance["data_sha256"] == data.registered_checksums()
-    config = serving_check.read_model_config(models_dir / export.MODEL_CONFIG_FILE)
+    config = layout.read_model_config(models_dir / export.MODEL_CONFIG_FILE)
     listed = {e.name: e.base_path for e in config.model_config_list.config}
     exports = (softmax_export, mlp_export, cnn_export)
     assert listed == {e.base.name: str(e.base.resolve()) for e in exports}
@@ -160,7 +161,7 @@ def test_the_check_passes_and_models_config_lists_each_kind_side_by_side(softmax
      ("9223372036854775808", None), ("1a", None), ("", None), ("+", None), (".tmp-123-ab12", None), ("\u0661", None)],
 )  # fmt: skip
 def test_version_folder_names_are_read_as_tf_serving_reads_them(name, expected):
-    assert serving_check.version_number(name) == expected
+    assert layout.version_number(name) == expected
 
 
 @pytest.fixture
@@ -173,7 +174,7 @@ def softmax_copy(softmax_export, outside):
 
 
 def _failed(base):
-    checks, _ = serving_check.run_checks(base)
+    checks, _ = check.run_checks(base)
     return {c.name: c.detail for c in checks if not c.ok}
 
 
@@ -199,8 +200,8 @@ def test_a_version_the_cpp_loader_cannot_load_fails_the_check(softmax_copy):
 
 def test_a_highest_version_that_is_not_a_saved_model_stops_the_check(softmax_copy):
     (softmax_copy / "2").write_text("")  # TF Serving takes a file named 2 for version 2 too
-    with pytest.raises(serving_check.ServingCheckError, match="serve version 2 .* holds no saved_model.pb"):
-        serving_check.run_checks(softmax_copy)
+    with pytest.raises(layout.ServingCheckError, match="serve version 2 .* holds no saved_model.pb"):
+        check.run_checks(softmax_copy)
 
 
 def test_check_serving_script_exits_non_zero_with_the_reason(softmax_copy):

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from fmnist_tf import data, evaluation, export, serving_check, training
+from fmnist_tf import data, evaluation, training
+from fmnist_tf.serving import export, layout
 
 
 def _config(tmp_path, **overrides):
@@ -106,7 +107,7 @@ def test_a_models_config_the_export_could_not_update_stops_the_run_before_any_wo
     config = _config(tmp_path, workdir=str(tmp_path / "work"))
     path = tmp_path / export.MODEL_CONFIG_FILE
     path.write_text(text)
-    with pytest.raises(serving_check.ModelConfigError, match=f"{re.escape(str(path))}.*{message}"):
+    with pytest.raises(layout.ModelConfigError, match=f"{re.escape(str(path))}.*{message}"):
         training.run(config)
     assert path.read_text() == text
     assert sorted(p.name for p in tmp_path.iterdir()) == ["fashion_mnist", export.MODEL_CONFIG_FILE]

@@ -31,22 +31,22 @@ FLAGS = flags.FLAGS
 def main(argv):
     if len(argv) > 1:
         sys.exit(f"error: unexpected arguments {argv[1:]}")
-    from fmnist_tf import serving_check
+    from fmnist_tf.serving import check, layout
 
     try:
-        checks, provenance = serving_check.run_checks(FLAGS.model_dir, FLAGS.raw_dir or serving_check.DEFAULT_RAW_DIR)
-    except serving_check.ServingCheckError as e:
+        checks, provenance = check.run_checks(FLAGS.model_dir, FLAGS.raw_dir or check.DEFAULT_RAW_DIR)
+    except layout.ServingCheckError as e:
         if FLAGS.verbosity >= logging.DEBUG:
             raise
         sys.exit(f"error: {e}")
-    for check in checks:
-        print(check)
+    for line in checks:
+        print(line)
     if provenance is None:
-        print(f"provenance: none ({serving_check.PROVENANCE_FILE} absent)")
+        print(f"provenance: none ({layout.PROVENANCE_FILE} absent)")
     else:
-        print(f"provenance ({serving_check.PROVENANCE_FILE}):")
+        print(f"provenance ({layout.PROVENANCE_FILE}):")
         print(json.dumps(provenance, indent=2))
-    failed = [check.name for check in checks if not check.ok]
+    failed = [line.name for line in checks if not line.ok]
     if failed:
         sys.exit(f"error: {len(failed)} of {len(checks)} checks failed: {', '.join(failed)}")
 

@@ -22,7 +22,7 @@ FLAGS = flags.FLAGS
 
 @common.one_line_errors
 def main(argv):
-    from fmnist_tf import lite
+    from fmnist_tf.serving import lite
 
     common.check_output_file(FLAGS.metrics_json, "--metrics_json")  # not after the conversion: figures would be lost
     common.prepare_data(FLAGS.source, FLAGS.raw_dir, FLAGS.tfds_dir)

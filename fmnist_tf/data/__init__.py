@@ -1,5 +1,6 @@
 """Fashion-MNIST as tf.data: the files (``files``), the sources (``sources``: TFDS's records, decoded once by
-``decoded``, or the IDX files), the seeded split (``splits``) and the input pipelines (``pipeline``).
+``decoded``, or the IDX files), the seeded split (``splits``), the input pipelines (``pipeline``) and the
+training-time augmentation (``augmentation``).
 
 Every public name is importable from here; the light facts (class names, shapes, the shipped folder)
 come without TensorFlow, the rest load their module on first use.
@@ -34,7 +35,10 @@ _EXPORTS = {
     ),  # fmt: skip
     **dict.fromkeys(("VALIDATION_FRACTION", "validation_mask", "select", "split_train_validation", "load_splits"), "splits"),
     **dict.fromkeys(
-        ("normalize", "plain_function", "epoch_order", "shuffled", "chunks_per_epoch", "training_data", "evaluation_data"), "pipeline"
-    ),
+        ("normalize", "plain_function", "window_key", "epoch_order", "shuffled", "chunks_per_epoch", "training_data",
+         "evaluation_data"),
+        "pipeline",
+    ),  # fmt: skip
+    **dict.fromkeys(("MAX_SHIFT", "augment", "chunk_key"), "augmentation"),
 }
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -14,7 +14,7 @@ Training, per epoch (``training_data``):
    call of the training loop runs in the graph (Keras's ``steps_per_execution`` idea);
 3. shard: each input pipeline of a ``tf.distribute`` strategy keeps its replicas' slices of every global batch,
    so N replicas take exactly the single machine's steps;
-4. augment (when asked: flips and shifts, ``augment``, keyed by seed, epoch, window and chunk) and normalize, in
+4. augment (when asked: flips and shifts, ``augmentation``, keyed by seed, epoch, window and chunk) and normalize, in
    parallel, then prefetch (to the device, under a strategy).
 
 Memory is bounded by the shuffle buffer, one chunk per stage and the prefetch, not by the dataset. A buffer of
@@ -25,8 +25,8 @@ import functools
 
 import tensorflow as tf
 
-from fmnist_tf.data.augment import augment as augment_images
-from fmnist_tf.data.augment import chunk_key
+from fmnist_tf.data.augmentation import augment as augment_images
+from fmnist_tf.data.augmentation import chunk_key
 from fmnist_tf.data.files import NUM_PIXELS
 
 # Examples per chunk handed to the training loop (rounded down to whole global batches): large enough that
@@ -118,7 +118,7 @@ def training_data(examples, batch_size, seed, epochs, shuffle_buffer=None, repli
     """Training data of ``epochs`` (a range) for one input pipeline: (float32 [n, 784], int64 [n]) chunks of
     steps, ``chunks_per_epoch`` of them per epoch, epoch after epoch.
 
-    ``augment``: each chunk's images are flipped and shifted (``augment.augment``) before they are normalized,
+    ``augment``: each chunk's images are flipped and shifted (``augmentation.augment``) before they are normalized,
     keyed by (seed, epoch, window, chunk): the same bits for a seed, other draws every epoch. Under several
     replicas the whole chunk is augmented before it is cut, so N replicas train on one machine's examples.
 

@@ -19,15 +19,47 @@ import warnings
 
 import numpy as np
 import tensorflow as tf
+from ai_edge_litert.interpreter import Interpreter
 
-from fmnist_tf import data, evaluation, export, storage
+from fmnist_tf import data, evaluation, storage
+from fmnist_tf.serving import export
 
 MODEL_FILES = {"float32": "model_float32.tflite", "int8": "model_int8.tflite"}
 LABELS_FILE = "labels.txt"
 INPUT_NAME = export.SIGNATURE_INPUTS[export.SERVING_DEFAULT]
+LITE_OUTPUT = "probabilities"  # a LiteRT model's serving_default returns only these (names: labels.txt)
 # Calibration sample: 500 images gave the same int8 accuracy as more here, and calibration runs them one by one.
 REPRESENTATIVE_EXAMPLES = 500
 LATENCY_CALLS = 500
+
+
+def load_lite_model(path):
+    """The serving_default signature runner of the LiteRT model at ``path`` (a .tflite file from ``lite``)."""
+    path = pathlib.Path(path)
+    if not path.is_file():
+        raise evaluation.ModelDirError(f"LiteRT model {path} does not exist or is not a file")
+    try:
+        interpreter = Interpreter(model_path=str(path))
+    except (ValueError, RuntimeError) as e:
+        raise evaluation.ModelDirError(f"{path}: not a LiteRT model: {str(e).strip().splitlines()[0]}") from e
+    signatures = interpreter.get_signature_list()
+    expected = {"inputs": [export.SIGNATURE_INPUTS[export.SERVING_DEFAULT]], "outputs": [LITE_OUTPUT]}
+    if signatures.get(export.SERVING_DEFAULT) != expected:
+        raise evaluation.ModelDirError(
+            f"{path}: expected a {export.SERVING_DEFAULT} signature {expected}, found {signatures or 'none'}"
+        )
+    return interpreter.get_signature_runner(export.SERVING_DEFAULT)
+
+
+def predict_lite_classes(runner, images, batch_size=1_000):
+    """The argmax class of the LiteRT signature ``runner``'s probabilities for each uint8 [n, 28, 28] image."""
+    input_name = export.SIGNATURE_INPUTS[export.SERVING_DEFAULT]
+    # The runner resizes its input to each batch (the last may be shorter).
+    batches = (
+        np.argmax(runner(**{input_name: images[start : start + batch_size]})[LITE_OUTPUT], axis=-1)
+        for start in range(0, len(images), batch_size)
+    )
+    return np.concatenate(list(batches)).astype(np.int64)
 
 
 class OutDirError(OSError):
@@ -45,7 +77,7 @@ class _ProbabilitiesOnly(tf.Module):
 
     @tf.function(input_signature=[tf.TensorSpec([None, *data.IMAGE_SHAPE], tf.uint8, name=INPUT_NAME)])
     def probabilities(self, images):
-        return {evaluation.LITE_OUTPUT: self._serve(**{INPUT_NAME: images})[evaluation.LITE_OUTPUT]}
+        return {LITE_OUTPUT: self._serve(**{INPUT_NAME: images})[LITE_OUTPUT]}
 
 
 def check_out_dir(out_dir):
@@ -116,8 +148,8 @@ def latency_ms_p50(runner, image, calls=LATENCY_CALLS, warmup=20):
 
 def measure(path, images, labels, reference):
     """Figures of the .tflite model at ``path``: bytes, test accuracy, agreement with ``reference`` classes, latency."""
-    runner = evaluation.load_lite_model(path)
-    predictions = evaluation.predict_lite_classes(runner, images)
+    runner = load_lite_model(path)
+    predictions = predict_lite_classes(runner, images)
     return {
         "path": str(path),
         "bytes": pathlib.Path(path).stat().st_size,

@@ -28,7 +28,8 @@ import numpy as np
 import tensorflow as tf
 from google.protobuf import text_format
 
-from fmnist_tf import serving_check, storage
+from fmnist_tf import storage
+from fmnist_tf.serving import layout
 from fmnist_tf.data import CLASS_NAMES, IMAGE_SHAPE, NUM_PIXELS, RAW_FILES, normalize, sha256
 
 # Signature names and their input names: what TF Serving clients put in their requests.
@@ -37,10 +38,10 @@ SERVING_NORMALIZED = "serving_normalized"  # float32 [None, 784], the notebook m
 SERVING_PNG = "serving_png"  # string [None] encoded 28x28 grayscale PNGs ({"b64": ...} over REST)
 SIGNATURE_INPUTS = {SERVING_DEFAULT: "images", SERVING_NORMALIZED: "pixels", SERVING_PNG: "png_bytes"}
 OUTPUT_NAMES = ("probabilities", "class_id", "class_name")
-WARMUP_FILE = serving_check.WARMUP_FILE
-PROVENANCE_FILE = serving_check.PROVENANCE_FILE
-MODEL_CONFIG_FILE = serving_check.MODEL_CONFIG_FILE
-model_config_path = serving_check.model_config_path
+WARMUP_FILE = layout.WARMUP_FILE
+PROVENANCE_FILE = layout.PROVENANCE_FILE
+MODEL_CONFIG_FILE = layout.MODEL_CONFIG_FILE
+model_config_path = layout.model_config_path
 TMP_PREFIX = ".tmp-"
 # A temporary export whose writer cannot be checked (another host's) is left alone this long: an export
 # takes seconds, and on shared storage a live one must never be deleted under its writer.
@@ -217,19 +218,19 @@ def serving_functions(model):
 
 def versions(base_path):
     """Sorted versions under ``base_path``, by TF Serving's rule (children whose names parse as integers)."""
-    return list(serving_check.version_paths(base_path))
+    return list(layout.version_paths(base_path))
 
 
 def latest_version_path(base_path):
     """The version TF Serving serves by default (the highest) under ``base_path``, or None when there is none."""
-    found = serving_check.version_paths(base_path)
+    found = layout.version_paths(base_path)
     return found[max(found)] if found else None
 
 
 def _enclosing_saved_model(base_path):
     """The SavedModel folder (a published version) that the local ``base_path`` is or lies in, or None."""
     path = pathlib.Path(storage.local_path(base_path)).absolute()
-    return next((p for p in (path, *path.parents) if p.is_dir() and serving_check.is_saved_model(p)), None)
+    return next((p for p in (path, *path.parents) if p.is_dir() and layout.is_saved_model(p)), None)
 
 
 def check_writable(base_path):
@@ -273,7 +274,7 @@ def warmup_requests(model_name, images):
     return [
         prediction_log_pb2.PredictionLog(
             predict_log=prediction_log_pb2.PredictLog(
-                request=serving_check.predict_request(signature, {SIGNATURE_INPUTS[signature]: value}, model_name)
+                request=layout.predict_request(signature, {SIGNATURE_INPUTS[signature]: value}, model_name)
             )
         )
         for signature, value in inputs.items()
@@ -315,15 +316,7 @@ def _tmp_is_stale(name, now=None):
     host, pid, started = fields[0], int(fields[1]), int(fields[2])
     if (now or time.time()) - started > STALE_TMP_SECONDS:
         return True
-    if host != _host():
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:  # alive, another user's process
-        pass
-    return False
+    return host == _host() and not storage.pid_alive(pid)
 
 
 def remove_stale_tmp(base_path):
@@ -456,7 +449,7 @@ def _publish_by_copy(model, base_path, warmup_images, model_name, provenance):
             _write_warmup(tmp, warmup_requests(model_name, warmup_images))
         _write_provenance(tmp, model_name, provenance)
         final = f"{base_path}/{max(versions(base_path), default=0) + 1}"
-        storage.copy_tree(tmp, final, last=serving_check.SAVED_MODEL_FILES)
+        storage.copy_tree(tmp, final, last=layout.SAVED_MODEL_FILES)
         return final
     finally:
         if tf.io.gfile.exists(tmp):
@@ -470,9 +463,9 @@ def read_listable_model_config(config_path, base_path, model_name=None):
     them before anything is written."""
     if not tf.io.gfile.exists(str(config_path)):
         return None
-    config = serving_check.read_model_config(config_path)
+    config = layout.read_model_config(config_path)
     if config.WhichOneof("config") == "custom_model_config":
-        raise serving_check.ModelConfigError(f"{config_path} holds a custom_model_config; list {base_path} yourself")
+        raise layout.ModelConfigError(f"{config_path} holds a custom_model_config; list {base_path} yourself")
     _config_entry(config, config_path, _listed_path(base_path), model_name)
     return config
 
@@ -490,7 +483,7 @@ def _config_entry(config, config_path, base_path, model_name=None):
     model_name = model_name or os.path.basename(base_path)
     entry = next((e for e in config.model_config_list.config if e.name == model_name), None)
     if entry is not None and _listed_path(entry.base_path) != base_path:
-        raise serving_check.ModelConfigError(
+        raise layout.ModelConfigError(
             f"{config_path} already lists model {model_name} at {entry.base_path}, not at this export's {base_path}: "
             "rename one of the two folders, or remove that entry"
         )
@@ -517,7 +510,7 @@ def write_model_config(config_path, base_path, model_name=None):
         config_path, base_path = str(config_path), str(base_path).rstrip("/")
     model_name = model_name or os.path.basename(str(base_path))
     latest = latest_version_path(base_path)
-    if latest is None or not serving_check.is_saved_model(latest):
+    if latest is None or not layout.is_saved_model(latest):
         raise ExportError(f"{base_path} holds no complete version to list in {config_path}")
     # Exports of several models update one file: one writer at a time, each keeping the others' entries.
     # An object store has no such lock: there, one writer at a time is the caller's to arrange.
