@@ -13,7 +13,6 @@ import subprocess
 import sys
 import tempfile
 import textwrap
-import time
 import zlib
 
 import numpy as np
@@ -440,11 +439,8 @@ def test_a_png_declaring_a_huge_image_is_refused_before_it_is_decoded(trained):
     assert valid["probabilities"].shape == (1, 10)
     open("/proc/self/clear_refs", "w").write("5")  # restart the peak-RSS count (VmHWM) from the current RSS
     rss_before = _memory_kb("VmRSS")
-    began = time.perf_counter()
     with pytest.raises(tf.errors.InvalidArgumentError, match=re.escape("[[0]] [[16000 16000 8 0]]")):
         serve(png_bytes=tf.constant([bomb]))
-    seconds = time.perf_counter() - began
     peak_growth_mb = (_memory_kb("VmHWM") - rss_before) / 1024
-    # Decoding it would take ~0.5 s and 256 MB (2.5 s here under load); refusing reads 26 bytes.
-    assert seconds < 0.2, seconds
+    # Decoding it would take 256 MB; refusing it reads its 26 header bytes.
     assert peak_growth_mb < 64, peak_growth_mb
