@@ -12,7 +12,7 @@ flags.DEFINE_integer("max_iter", 10, "SGDClassifier max_iter (epochs over the da
 flags.DEFINE_integer("seed", 42, "SGDClassifier random_state.")
 flags.DEFINE_integer("n_jobs", -1, "Parallel CV fits; -1 uses every core.")
 common.define_data_flags()
-flags.DEFINE_string("metrics_json", None, "Write the figures to this JSON file.")
+common.define_metrics_json_flag()
 FLAGS = flags.FLAGS
 
 

@@ -20,7 +20,7 @@ flags.DEFINE_integer(
 flags.DEFINE_list("parts", list(PARTS), f"Which measurements to run, comma-separated: any of {', '.join(PARTS)}.")
 flags.register_validator("parts", lambda parts: set(parts) <= set(PARTS), f"--parts takes names from {', '.join(PARTS)}")
 flags.DEFINE_string("tfds_dir", None, "TFDS data dir (prepared here if needed); default TFDS's own.")
-flags.DEFINE_string("metrics_json", None, "Write every figure to this JSON file.")
+common.define_metrics_json_flag()
 FLAGS = flags.FLAGS
 
 

@@ -28,14 +28,34 @@ def _raw_dir_is_a_folder(path):
     return True
 
 
+def define_raw_dir_flag():
+    """--raw_dir: the folder of the four original .gz files (default the shipped copy), checked before TensorFlow."""
+    flags.DEFINE_string("raw_dir", str(DEFAULT_RAW_DIR), "Folder holding the four original .gz files.")
+    flags.register_validator("raw_dir", _raw_dir_is_a_folder)  # answered before TensorFlow starts
+
+
 def define_data_flags():
     """--source, --raw_dir and --tfds_dir, for the job that calls it."""
     flags.DEFINE_enum("source", "tfds", list(SOURCES), "Where examples come from: TFDS or the raw IDX files.")
-    flags.DEFINE_string("raw_dir", str(DEFAULT_RAW_DIR), "Folder holding the four original .gz files.")
-    flags.register_validator("raw_dir", _raw_dir_is_a_folder)  # answered before TensorFlow starts
+    define_raw_dir_flag()
     flags.DEFINE_string(
         "tfds_dir", None, "TFDS data dir; default TFDS's own ($TFDS_DATA_DIR or ~/tensorflow_datasets)."
     )
+
+
+def define_model_dir_flag(default=None, also=""):
+    """--model_dir: the export a job reads, a version folder or a base path (TF Serving's pick, its highest version);
+    required unless ``default``. ``also`` names what else the job takes there."""
+    flags.DEFINE_string(
+        "model_dir", default,
+        f"A version folder or a base path (its highest version){also}" + (f"; default {default}." if default else "."),
+        required=default is None,
+    )  # fmt: skip
+
+
+def define_metrics_json_flag():
+    """--metrics_json: where the job writes its figures (checked before any work by the jobs that take long)."""
+    flags.DEFINE_string("metrics_json", None, "Write the figures to this JSON file (a local path or a URL).")
 
 
 def logs_requested():

@@ -10,12 +10,10 @@ from absl import flags
 
 from fmnist_tf.cli import common
 
-flags.DEFINE_string(
-    "model_dir", None, "A version folder, or a base path (its highest version is converted).", required=True
-)
+common.define_model_dir_flag()
 flags.DEFINE_string("out_dir", None, "Where to write the .tflite models and labels.txt.", required=True)
 flags.DEFINE_integer("seed", 0, "Picks the training images that calibrate the int8 model.", lower_bound=0)
-flags.DEFINE_string("metrics_json", None, "Write the figures to this JSON file.")
+common.define_metrics_json_flag()
 common.define_data_flags()
 FLAGS = flags.FLAGS
 
