@@ -127,6 +127,11 @@ def write(builder, split):
     """
     import tensorflow as tf
 
+    from fmnist_tf import storage
+
+    if storage.is_url(builder.data_dir):
+        # A bucket cannot take a folder renamed into place whole (and pathlib would fold its "//").
+        raise OSError(f"{builder.data_dir} is not a local folder")
     version_dir = pathlib.Path(builder.data_dir)
     folder = _folder(version_dir, split)
     folder.parent.mkdir(exist_ok=True)

@@ -33,6 +33,11 @@ from fmnist_tf.data.files import (
 )
 
 
+# What a damaged or vanished source raises while tf.data reads it: a record's CRC, a file gone, fewer blocks
+# than recorded (assert_cardinality). Other errors of a training step are not the data's.
+READ_ERRORS = (tf.errors.DataLossError, tf.errors.NotFoundError, tf.errors.FailedPreconditionError)
+
+
 @dataclasses.dataclass(frozen=True)
 class Examples:
     """A stream of examples: ``blocks`` (uint8 [n, 28, 28], int64 [n]) of at most ``block`` examples, ``count``
@@ -180,7 +185,7 @@ def to_numpy(examples):
         for x, y in blocks.as_numpy_iterator():
             images.append(x)
             labels.append(y)
-    except tf.errors.OpError as e:
+    except READ_ERRORS as e:
         if isinstance(examples, Examples):
             raise examples.read_error(e) from e
         raise DataError(f"reading the data failed: {e.message.strip().splitlines()[0]}") from e
