@@ -48,7 +48,7 @@ def cross_validate_baseline(x, y, folds=5, max_iter=10, seed=42, n_jobs=-1):
 
     Folds run on threads, not loky processes: SGD's epochs run without the GIL, threads share the pixels
     instead of copying them into each worker, and with ``n_jobs=-1`` every fold gets a thread, so 5 folds
-    keep 2 cores busy to the end instead of leaving one idle in a third round (BUILD_NOTES.md: 1.2x).
+    keep 2 cores busy to the end instead of leaving one idle in a third round (BUILD_NOTES.md has the figures).
     """
     start = time.perf_counter()
     threads = folds if n_jobs == -1 else n_jobs

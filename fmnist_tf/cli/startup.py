@@ -92,8 +92,9 @@ def held_back_stderr(noise=STARTUP_NOISE):
 
 
 # Keras 3, which TensorFlow imports as it starts, imports scikit-learn and matplotlib when they are installed,
-# only for keras.wrappers (scikit-learn estimators) and keras.visualization, which no job uses: a third of
-# TensorFlow's start here (BUILD_NOTES.md). Keras treats both as optional (``try: import ... except ImportError``).
+# only for keras.wrappers (scikit-learn estimators) and keras.visualization, which no job uses: a large part
+# of TensorFlow's start (BUILD_NOTES.md has the figure). Keras treats both as optional (``try: import ... except
+# ImportError``).
 KERAS_OPTIONAL_IMPORTS = ("sklearn", "matplotlib")
 
 
@@ -110,8 +111,8 @@ def import_tensorflow():
         for name in hidden:
             if sys.modules.get(name, "") is None:
                 del sys.modules[name]
-    # At exit, Python's collector would walk the millions of objects TensorFlow and Keras made (2 s of a 10 s
-    # job here); frozen, they are left to the process's end. Run last (atexit is LIFO), after every other
+    # At exit, Python's collector would walk the millions of objects TensorFlow and Keras made (seconds of a
+    # short job); frozen, they are left to the process's end. Run last (atexit is LIFO), after every other
     # exit handler; files, writers and logs are closed and flushed as before.
     atexit.register(gc.freeze)
     return tf

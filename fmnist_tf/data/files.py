@@ -1,7 +1,7 @@
 """The dataset's facts and its four files: names, shapes, where the shipped copy lives, IDX and checksum checks.
 
 Imports only the standard library (NumPy inside the label check), so flag definitions and the serving
-check can use it before (or without) TensorFlow, and ``--help`` answers without NumPy's import (~0.2 s).
+check can use it before (or without) TensorFlow, and ``--help`` answers without NumPy's import.
 """
 
 import gzip
