@@ -26,7 +26,8 @@ from fmnist_tf.serving.export import nonfinite_variables
 
 HISTORY_KEYS = ("loss", "accuracy", "val_loss", "val_accuracy")
 # What shapes the training steps, as train.py's flags name it: a resumed run must have the same.
-SETTINGS = ("model", "optimizer", "learning_rate", "batch_size", "seed", "source", "shuffle_buffer")
+SETTINGS = ("model", "optimizer", "learning_rate", "batch_size", "seed", "source", "shuffle_buffer", "augment",
+            "learning_rate_decay")
 RUN_FILE = "run.json"
 LOCK_FILE = "lock.json"
 CHECKPOINTS = "checkpoints"
@@ -161,7 +162,8 @@ class Workdir:
         differing = [
             f"--{name}={_flag_value(settings[name])} (workdir: {_flag_value(record['settings'].get(name))})"
             for name in SETTINGS
-            if settings[name] != record["settings"].get(name)
+            # A setting an older fmnist_tf did not record had one value then: the one recorded for it now.
+            if name in record["settings"] and settings[name] != record["settings"][name]
         ]
         if differing:
             raise WorkdirError(f"workdir {self.path} was trained with other settings: {', '.join(differing)}; "

@@ -16,8 +16,7 @@ class ModelDefaults:
     batch_size: int
     epochs: int
     # TF thread-pool size (0: TF's default, one thread per core). The one-layer model's ops are too small to
-    # split: one thread each for intra- and inter-op work trained 5 epochs in 0.6 s instead of 0.9 s here
-    # (BUILD_NOTES.md); the convolutions of "cnn" do want every core.
+    # split: one thread each for intra- and inter-op work is faster (BUILD_NOTES.md); convolutions want every core.
     threads: int
     # Random flips and shifts of the training examples (``data.augmentation``), drawn anew every epoch.
     augment: bool
@@ -29,7 +28,7 @@ MODEL_DEFAULTS = {
     "softmax": ModelDefaults("rmsprop", batch_size=32, epochs=5, threads=1, augment=False, learning_rate_decay=1.0),
     "mlp": ModelDefaults("adam", batch_size=128, epochs=30, threads=0, augment=False, learning_rate_decay=1.0),
     "cnn": ModelDefaults("adam", batch_size=64, epochs=10, threads=0, augment=False, learning_rate_decay=1.0),
-    "cnn_bn": ModelDefaults("adam", batch_size=128, epochs=20, threads=0, augment=True, learning_rate_decay=0.85),
+    "cnn_bn": ModelDefaults("adam", batch_size=128, epochs=28, threads=0, augment=True, learning_rate_decay=0.89),
 }
 MODELS = tuple(MODEL_DEFAULTS)
 # Threads beyond a few per core only queue up, each with its own stack: a huge count exhausts memory first.

@@ -65,28 +65,32 @@ def _cnn_layers():
     ]
 
 
+def _batch_norm():
+    # Synchronized: under several replicas the statistics are the global batch's, as on one machine, at the price
+    # of three small all-reduces per layer and step. Momentum 0.9, not Keras's 0.99: the moving statistics that
+    # evaluation and serving use then follow the weights within tens of steps, so a short run is scored fairly.
+    return keras.layers.BatchNormalization(momentum=0.9, synchronized=True)
+
+
 def _conv_bn_relu(filters):
-    # No bias: batch norm's offset takes its place. Synchronized: under several replicas the statistics are
-    # the global batch's, as on one machine, at the price of three small all-reduces per layer and step.
-    return [
-        keras.layers.Conv2D(filters, 3, padding="same", use_bias=False),
-        keras.layers.BatchNormalization(synchronized=True),
-        keras.layers.ReLU(),
-    ]
+    # No bias: batch norm's offset takes its place.
+    return [keras.layers.Conv2D(filters, 3, padding="same", use_bias=False), _batch_norm(), keras.layers.ReLU()]
 
 
 def _cnn_bn_layers():
     return [
         keras.layers.Reshape((*IMAGE_SHAPE, 1)),
-        *_conv_bn_relu(32),
+        # No batch norm on the 28x28 maps: there it costs a fifth of the training time, epochs better spent.
+        keras.layers.Conv2D(32, 3, padding="same", activation="relu"),
         keras.layers.MaxPooling2D(),
         *_conv_bn_relu(64),
         keras.layers.MaxPooling2D(),
         keras.layers.Flatten(),
         keras.layers.Dense(256, use_bias=False),
-        keras.layers.BatchNormalization(synchronized=True),
+        _batch_norm(),
         keras.layers.ReLU(),
-        ReplicaDropout(0.5),
+        # Less than cnn's 0.5: the augmentation regularizes too.
+        ReplicaDropout(0.3),
     ]
 
 
@@ -99,7 +103,7 @@ def build_model(name="softmax"):
 
     "softmax" is the notebook's one Dense(10, softmax) layer; "mlp" adds Dense(100, relu) and Dropout;
     "cnn" is a small conv net (two Conv2D/MaxPooling2D blocks, Dense(128, relu), Dropout); "cnn_bn" the same
-    with batch normalization after every convolution and a Dense(256) (trained with augmentation by default).
+    with batch normalization after the second convolution and a Dense(256) (trained with augmentation by default).
     """
     if name not in _HIDDEN_LAYERS:
         raise ValueError(f"unknown model {name!r}: expected one of {', '.join(MODELS)}")

@@ -85,7 +85,7 @@ class Config:
                 f"threads must be 0 (TF's default) or a positive integer up to {configs.MAX_THREADS} (8 per core), "
                 f"got {self.threads!r}"
             )
-        if not isinstance(self.augment, bool):
+        if not isinstance(self.augment, bool):  # noqa: TRY004 (every bad field is a ValueError, one line in the CLI)
             raise ValueError(f"augment must be True or False, got {self.augment!r}")
         if isinstance(self.learning_rate_decay, bool) or not (
             isinstance(self.learning_rate_decay, (int, float)) and 0 < self.learning_rate_decay <= 1
@@ -131,7 +131,7 @@ def make_evaluator(model):
     def evaluate(examples, batches=None):
         try:
             loss_sum, correct = sums(data.evaluation_data(examples) if batches is None else batches)
-        except tf.errors.OpError as e:
+        except data.READ_ERRORS as e:
             raise examples.read_error(e) from e
         return float(loss_sum) / examples.count, int(correct) / examples.count
 
@@ -244,9 +244,9 @@ def train(model, optimizer, train_examples, validation_examples, epochs, batch_s
 
     Each epoch is ``data.training_data`` for every input pipeline of ``strategy``
     (``distribute_datasets_from_function``), shuffled through ``shuffle_buffer`` examples (None: the whole
-    split), and flipped and shifted with ``augment``. With ``workdir``, a run killed at any point and started again resumes after its last completed
-    epoch and ends with the same weights as an uninterrupted run. ``after_epoch(epoch)`` is called once
-    each epoch's checkpoint is written.
+    split), its images flipped and shifted with ``augment``. With ``workdir``, a run killed at any point and
+    started again resumes after its last completed epoch and ends with the same weights as an uninterrupted
+    run. ``after_epoch(epoch)`` is called once each epoch's checkpoint is written.
     """
     replicas = strategy.num_replicas_in_sync
     if batch_size % replicas:
@@ -289,7 +289,7 @@ def train(model, optimizer, train_examples, validation_examples, epochs, batch_s
             began = time.perf_counter()
             try:
                 totals, local = run_epoch(iterator, chunks)
-            except tf.errors.OpError as e:
+            except data.READ_ERRORS as e:
                 raise train_examples.read_error(e) from e
             loss_sum, correct, count = totals.numpy()
             shard["examples"] += int(local)

@@ -45,7 +45,6 @@ def test_augment_flips_and_shifts_each_example_by_its_key(test_images):
 
 
 def test_training_data_augments_deterministically_per_seed_and_epoch_keeping_labels(test_images):
-    images, labels = test_images
     examples = data.as_examples(tf.data.Dataset.from_tensor_slices(test_images).batch(500), "the test images")
 
     def epochs(augment, **kwargs):

@@ -17,7 +17,7 @@ from fmnist_tf.checkpoints import Checkpoints, Workdir, WorkdirError
 from fmnist_tf.model import build_model, make_optimizer
 
 SETTINGS = {"model": "mlp", "optimizer": "adam", "learning_rate": None, "batch_size": 128, "seed": 42, "source": "tfds",
-            "shuffle_buffer": None}
+            "shuffle_buffer": None, "augment": False, "learning_rate_decay": 1.0}
 
 
 def _mlp_and_adam():

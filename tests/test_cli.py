@@ -77,11 +77,18 @@ def test_train_help_says_each_models_defaults(tmp_path):
 
 
 def test_each_model_kind_defaults_to_the_settings_behind_its_documented_accuracy():
-    # softmax: the notebook's; mlp and cnn: the commands of BUILD_NOTES.md's 0.8898 and 0.9166 rows.
-    documented = {"softmax": ("rmsprop", 32, 5), "mlp": ("adam", 128, 30), "cnn": ("adam", 64, 10)}
+    # softmax: the notebook's; mlp, cnn and cnn_bn: the commands of BUILD_NOTES.md's 0.8898, 0.9166 and 0.93 rows.
+    documented = {
+        "softmax": ("rmsprop", 32, 5, False, 1.0),
+        "mlp": ("adam", 128, 30, False, 1.0),
+        "cnn": ("adam", 64, 10, False, 1.0),
+        "cnn_bn": ("adam", 128, 28, True, 0.89),
+    }
+    assert set(documented) == set(configs.MODELS)
     for name, settings in documented.items():
         config = training.Config(model=name)
-        assert (config.optimizer, config.batch_size, config.epochs) == settings, name
+        assert (config.optimizer, config.batch_size, config.epochs, config.augment,
+                config.learning_rate_decay) == settings, name  # fmt: skip
         assert config.threads == configs.MODEL_DEFAULTS[name].threads
         assert config.export_dir == configs.default_export_dir(name)
 
@@ -97,6 +104,24 @@ def test_model_flag_alone_takes_the_models_defaults_and_an_explicit_flag_wins(tm
     steps = -(-48_000 // mlp.batch_size)  # the model's batch size is the one used
     assert f"Epoch 1/1\n{steps}/{steps} - " in done.stdout
     assert (tmp_path / "saved_models" / "fashion_mnist_mlp" / "1" / "saved_model.pb").is_file()
+
+
+def test_augment_and_learning_rate_decay_are_checked_and_an_explicit_value_wins():
+    assert training.Config(model="cnn_bn", augment=False).augment is False
+    assert training.Config(model="softmax", augment=True).augment is True
+    with pytest.raises(ValueError, match="augment must be True or False, got 'yes'"):
+        training.Config(augment="yes").validate()
+    for bad in (0, 1.5, True):
+        with pytest.raises(ValueError, match="learning_rate_decay must be in"):
+            training.Config(learning_rate_decay=bad).validate()
+
+
+@pytest.mark.slow
+def test_augment_flag_overrides_the_models_default(tmp_path):
+    done = run_script("train.py", "--augment", "--epochs=1", "--source=idx", "--export_dir=", "--metrics_json=m.json",
+                      cwd=tmp_path)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert json.loads((tmp_path / "m.json").read_text())["config"]["augment"] is True  # softmax's default: off
 
 
 @pytest.fixture(scope="module")

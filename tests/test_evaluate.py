@@ -145,3 +145,41 @@ def test_script_with_a_bad_model_dir_stops_with_one_line(tmp_path):
     lines = error_lines(done)
     assert len(lines) == 1 and lines[0].startswith("error:") and str(nowhere) in lines[0], done.stderr
     assert done.stdout == "" and not out.exists()
+
+
+def test_compare_reports_puts_recall_and_the_most_confused_pairs_side_by_side():
+    labels = np.repeat(np.arange(10), 10)
+    ours, theirs = labels.copy(), labels.copy()
+    ours[:3] = 6  # 3 T-shirts taken for shirts
+    theirs[:5], theirs[20:22] = 6, 4  # 5 T-shirts for shirts, 2 pullovers for coats
+    comparison = evaluation.compare_reports(evaluation.metrics_report(labels, ours),
+                                            evaluation.metrics_report(labels, theirs))  # fmt: skip
+    assert (comparison["accuracy"], comparison["other_accuracy"]) == (0.97, 0.93)
+    assert comparison["recall"][0] == {"class_name": "T-shirt/top", "recall": 0.7, "other_recall": 0.5}
+    assert comparison["recall"][2] == {"class_name": "Pullover", "recall": 1.0, "other_recall": 0.8}
+    assert comparison["most_confused"] == [
+        {"true": "T-shirt/top", "predicted": "Shirt", "count": 3, "other_count": 5},
+        {"true": "Pullover", "predicted": "Coat", "count": 0, "other_count": 2},
+    ]
+
+
+def test_evaluate_compare_to_prints_both_and_refuses_a_file_that_is_no_report(exported, reports, tmp_path):
+    base, _, _ = exported
+    other = reports["version"][1] / "report.json"
+    done = run_script("evaluate.py", f"--model_dir={base}", f"--out_dir={tmp_path / 'a'}", f"--compare_to={other}",
+                      "--source=idx")  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert f"compared to {other}: test accuracy" in done.stdout
+    # The same model on both sides: every recall unchanged, each pair's counts equal.
+    rows = re.findall(r"^(\S.{11})\s*(\d\.\d{4})\s+(\d\.\d{4})\s+([+-]\d\.\d{4})$", done.stdout, re.M)
+    assert len(rows) == 10 and all(row[1] == row[2] and float(row[3]) == 0 for row in rows)
+    pairs = re.findall(r"^  \S.* -> .*\s(\d+)\s+(\d+)$", done.stdout, re.M)
+    assert pairs and all(a == b for a, b in pairs)
+    not_a_report = tmp_path / "m.json"
+    not_a_report.write_text('{"accuracy": 0.9}')
+    bad = run_script("evaluate.py", f"--model_dir={base}", f"--out_dir={tmp_path / 'b'}",
+                     f"--compare_to={not_a_report}", "--source=idx")  # fmt: skip
+    assert bad.returncode == 1 and error_lines(bad) == [
+        f"error: {not_a_report} is not a report.json of evaluate.py: no per_class rows or confusion_matrix"
+    ]
+    assert not (tmp_path / "b").exists()

@@ -13,7 +13,7 @@ from conftest import error_lines, run_script
 from fmnist_tf import data, evaluation, training
 from fmnist_tf.serving import lite
 
-KINDS = ("softmax", "mlp", "cnn")
+KINDS = ("softmax", "mlp", "cnn", "cnn_bn")
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +38,7 @@ def exports(tmp_path_factory):
 @pytest.fixture(scope="module")
 def converted(exports, tmp_path_factory):
     """kind -> (figures, out dir, finished process): softmax through scripts/export_lite.py as a user runs it
-    (its --metrics_json read back), mlp and cnn through lite.export_lite in-process (no process: None)."""
+    (its --metrics_json read back), mlp, cnn and cnn_bn through lite.export_lite in-process (no process: None)."""
     out = tmp_path_factory.mktemp("lite")
     metrics = out / "softmax.json"
     done = run_script("export_lite.py", f"--model_dir={exports['softmax']}", f"--out_dir={out / 'softmax'}",

@@ -43,6 +43,17 @@ def test_explore_writes_the_grid_and_counts(tmp_path):
     assert image[..., :3].std() > 0.1  # images, not a blank canvas
 
 
+@pytest.mark.slow
+def test_explore_augmented_shows_the_images_and_three_draws(tmp_path):
+    out = tmp_path / "augmented.png"
+    done = run_script("explore.py", f"--out={out}", "--count=10", "--augmented", "--source=idx")
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "3 augmented draws" in done.stdout
+    image = matplotlib.image.imread(out)
+    assert image.shape[:2] == (760, 1600)  # 4 rows (the images, 3 draws) x 10 columns of 1.6 x 1.9 inch cells
+    assert image[..., :3].std() > 0.1
+
+
 def test_baseline_script_prints_folds_and_writes_json(tmp_path, tfds_dir):
     out = tmp_path / "b.json"
     done = run_script(

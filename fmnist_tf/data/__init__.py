@@ -35,9 +35,10 @@ _EXPORTS = {
     ),  # fmt: skip
     **dict.fromkeys(("VALIDATION_FRACTION", "validation_mask", "select", "split_train_validation", "load_splits"), "splits"),
     **dict.fromkeys(
-        ("normalize", "plain_function", "epoch_order", "shuffled", "chunks_per_epoch", "training_data",
+        ("normalize", "plain_function", "window_key", "epoch_order", "shuffled", "chunks_per_epoch", "training_data",
          "evaluation_data"),
         "pipeline",
     ),  # fmt: skip
+    **dict.fromkeys(("MAX_SHIFT", "augment", "chunk_key"), "augmentation"),
 }
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
