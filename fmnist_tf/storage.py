@@ -30,7 +30,8 @@ def reason(error):
     names of TF's internal functions and ops around it."""
     text = getattr(error, "strerror", None) or getattr(error, "message", None) or str(error)
     text = re.sub(r"\{\{function_node [^}]*\}\}\s*|\s*\[Op:[^\]]*\]", "", text).strip()
-    return text.splitlines()[0] if text else type(error).__name__
+    first = re.sub(r"\s*name:\s*$", "", text.splitlines()[0]) if text else ""  # an eager op's empty name
+    return first or type(error).__name__
 
 
 def check_glob_free(path, what):

@@ -169,3 +169,14 @@ def test_the_key_follows_every_file_tfds_wrote_and_find_checks_the_manifest(tmp_
     records.write_bytes(b"z" * 100)  # the same size, rewritten: another time
     os.utime(records, ns=(records.stat().st_atime_ns, records.stat().st_mtime_ns + 1_000))
     assert decoded.cache_key(version_dir, "train") != key and decoded.find(str(tmp_path), "train") is None
+
+
+def test_a_damaged_tfds_record_stops_with_one_line_naming_the_prepared_dataset(tfds_copy):
+    (records,) = (pathlib.Path(tfds_copy) / data.TFDS_NAME).glob(f"[0-9]*/{data.TFDS_NAME}-train.tfrecord-*")
+    _flip_a_byte(records)  # a new time too: the decoded copy is made again, from these records
+    done = run_script("train.py", "--epochs=1", f"--tfds_dir={tfds_copy}", "--export_dir=", cwd=tfds_copy)
+    assert done.returncode == 1
+    (line,) = error_lines(done)
+    assert line.startswith(f"error: reading TFDS's records in {records.parent} failed (") and "corrupted record" in line
+    assert line.endswith(f"delete {records.parent} and run again (it is rebuilt from the shipped files)")
+    assert decoded.find(tfds_copy, "train") is None  # nothing half-made left as a copy

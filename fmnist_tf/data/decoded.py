@@ -27,7 +27,7 @@ import pathlib
 import shutil
 import time
 
-from fmnist_tf.data.files import TFDS_NAME
+from fmnist_tf.data.files import TFDS_NAME, DataError
 
 DIRNAME = "fmnist_tf-decoded"
 MANIFEST = "fmnist_tf-manifest.json"
@@ -142,11 +142,12 @@ def write(builder, split):
     shutil.rmtree(tmp, ignore_errors=True)
     count = builder.info.splits[split].num_examples
     blocks = tfds_blocks(builder, split)
+    _check_records(version_dir, split)
     try:
         blocks.save(str(tmp))
     except tf.errors.OpError as e:
         shutil.rmtree(tmp, ignore_errors=True)
-        raise OSError(f"{tmp}: {e.message.strip().splitlines()[0]}") from e
+        raise OSError(f"{tmp}: {storage.reason(e)}") from e
     features = builder.info.features
     manifest = {
         "files": _files(tmp),
@@ -166,6 +167,26 @@ def write(builder, split):
             raise
         manifest = found
     return folder, manifest
+
+
+def _check_records(version_dir, split):
+    """DataError unless every record of ``split``'s files in ``version_dir`` passes its CRC.
+
+    Checked before ``Dataset.save`` reads them: TF 2.21's save waits forever on an input that fails midway, where a
+    plain pass raises. A pass over the records without parsing them is a small part of the decoding.
+    """
+    import tensorflow as tf
+
+    from fmnist_tf import storage
+
+    files = sorted(str(path) for path in pathlib.Path(version_dir).glob(f"{TFDS_NAME}-{split}.tfrecord*"))
+    try:
+        tf.data.TFRecordDataset(files).reduce(tf.constant(0, tf.int64), lambda count, _: count + 1)
+    except tf.errors.DataLossError as e:
+        raise DataError(
+            f"reading TFDS's records in {version_dir} failed ({storage.reason(e)}): they are "
+            f"damaged: delete {version_dir} and run again (it is rebuilt from the shipped files)"
+        ) from e
 
 
 def tfds_blocks(builder, split):

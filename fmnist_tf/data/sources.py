@@ -15,6 +15,7 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
+from fmnist_tf import storage
 from fmnist_tf.data import decoded
 from fmnist_tf.data.pipeline import plain_function
 from fmnist_tf.data.files import (
@@ -50,10 +51,9 @@ class Examples:
 
     def read_error(self, error):
         """The ``DataError`` for a tf.data reading ``error`` (a damaged record, a missing block) of these examples."""
-        first = (getattr(error, "message", None) or str(error)).strip().splitlines()[0]
         return DataError(
-            f"reading {self.origin} failed ({first}): the data there is damaged: delete it (prepared data is "
-            "rebuilt from the shipped files on the next run) or restore the files"
+            f"reading {self.origin} failed ({storage.reason(error)}): the data there is damaged: delete it "
+            "(prepared data is rebuilt from the shipped files on the next run) or restore the files"
         )
 
 
