@@ -238,7 +238,8 @@ def _check_workers_agree(strategy, train_examples, start, model, optimizer, sett
 
 
 def train(model, optimizer, train_examples, validation_examples, epochs, batch_size, seed, strategy,
-          shuffle_buffer=None, workdir=None, verbose=True, after_epoch=None, augment=False):  # fmt: skip
+          shuffle_buffer=None, workdir=None, verbose=True, after_epoch=None, augment=False,
+          evaluate=None):  # fmt: skip
     """Train ``model`` for ``epochs`` on ``train_examples`` (``data.Examples``) through the tf.data pipeline;
     return (Keras-style history dict, this worker's shard figures).
 
@@ -246,7 +247,8 @@ def train(model, optimizer, train_examples, validation_examples, epochs, batch_s
     (``distribute_datasets_from_function``), shuffled through ``shuffle_buffer`` examples (None: the whole
     split), its images flipped and shifted with ``augment``. With ``workdir``, a run killed at any point and
     started again resumes after its last completed epoch and ends with the same weights as an uninterrupted
-    run. ``after_epoch(epoch)`` is called once each epoch's checkpoint is written.
+    run. ``after_epoch(epoch)`` is called once each epoch's checkpoint is written. ``evaluate``: the caller's
+    ``make_evaluator(model)``, so that its graph, traced here, serves the caller's evaluations too.
     """
     replicas = strategy.num_replicas_in_sync
     if batch_size % replicas:
@@ -256,7 +258,7 @@ def train(model, optimizer, train_examples, validation_examples, epochs, batch_s
         optimizer.build(model.trainable_variables)
     partial_batch = replicas == 1 and train_examples.count % batch_size > 0
     run_epoch = _epoch_fn(strategy, _step_fn(model, optimizer, replicas), batch_size // replicas, partial_batch)
-    evaluate = make_evaluator(model)
+    evaluate = evaluate or make_evaluator(model)
     validation_batches = data.evaluation_data(validation_examples, cache=True)
     shard = {"input_pipeline": 0, "input_pipelines": 1, "examples": 0}
 
@@ -360,14 +362,15 @@ def _run(config, datasets, strategy, chief, workdir):
         optimizer = make_optimizer(config.optimizer, config.learning_rate, config.learning_rate_decay, steps_per_epoch)
 
     refresh_lock = (lambda _: workdir.refresh_lock()) if workdir and chief else None
+    evaluate = make_evaluator(model)
     fit_start = time.perf_counter()
     history, shard = train(model, optimizer, splits["train"], splits["validation"], config.epochs, config.batch_size,
                            config.seed, strategy, config.shuffle_buffer, config.workdir, config.verbose,
-                           refresh_lock, config.augment)  # fmt: skip
+                           refresh_lock, config.augment, evaluate)  # fmt: skip
     fit_seconds = time.perf_counter() - fit_start
     # The last epoch evaluated these weights on validation already (or, resumed, its checkpoint did).
     val_loss, val_accuracy = history["val_loss"][-1], history["val_accuracy"][-1]
-    test_loss, test_accuracy = make_evaluator(model)(splits["test"])
+    test_loss, test_accuracy = evaluate(splits["test"])
 
     figures = {
         "val_accuracy": val_accuracy,
