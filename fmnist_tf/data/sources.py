@@ -153,14 +153,17 @@ def load_examples(split, source="tfds", raw_dir=DEFAULT_RAW_DIR, tfds_dir=None):
     return tfds_examples(split, raw_dir, tfds_dir)
 
 
+def _blocks_of(ds):
+    """(``ds`` in blocks, whether it was already): a Dataset of single examples is batched into blocks."""
+    is_blocks = ds.element_spec[0].shape.rank == len(IMAGE_SHAPE) + 1
+    return (ds if is_blocks else ds.batch(decoded.BLOCK)), is_blocks
+
+
 def as_examples(ds, origin):
     """A caller's Dataset as ``Examples``: of single examples (image [28, 28], label) batched into blocks, or of
     blocks already ([n, 28, 28], [n]). Its size is its cardinality, or counted in one pass when unknown."""
-    image_spec, _ = ds.element_spec
-    is_blocks = image_spec.shape.rank == len(IMAGE_SHAPE) + 1
-    blocks = (ds if is_blocks else ds.batch(decoded.BLOCK)).map(
-        lambda images, labels: (tf.cast(images, tf.uint8), tf.cast(labels, tf.int64))
-    )
+    blocks, is_blocks = _blocks_of(ds)
+    blocks = blocks.map(lambda images, labels: (tf.cast(images, tf.uint8), tf.cast(labels, tf.int64)))
     count = -1 if is_blocks else int(ds.cardinality())
     if count < 0:
         count = int(blocks.reduce(tf.constant(0, tf.int64), lambda n, block: n + tf.shape(block[1], tf.int64)[0]))
@@ -177,9 +180,7 @@ def to_numpy(examples):
 
     A reading error that surfaces only while streaming (a damaged record) becomes a DataError.
     """
-    blocks = examples.blocks if isinstance(examples, Examples) else examples
-    if blocks.element_spec[0].shape.rank == len(IMAGE_SHAPE):
-        blocks = blocks.batch(decoded.BLOCK)
+    blocks = examples.blocks if isinstance(examples, Examples) else _blocks_of(examples)[0]
     images, labels = [], []
     try:
         for x, y in blocks.as_numpy_iterator():
@@ -188,7 +189,7 @@ def to_numpy(examples):
     except READ_ERRORS as e:
         if isinstance(examples, Examples):
             raise examples.read_error(e) from e
-        raise DataError(f"reading the data failed: {e.message.strip().splitlines()[0]}") from e
+        raise DataError(f"reading the data failed: {storage.reason(e)}") from e
     return np.concatenate(images), np.concatenate(labels)
 
 
