@@ -5,6 +5,7 @@ pipelines and the three serving signatures are the same whichever model is train
 """
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 from fmnist_tf.configs import MODELS, OPTIMIZERS
@@ -131,3 +132,10 @@ def make_optimizer(name="rmsprop", learning_rate=None, decay=1.0, steps_per_epoc
         learning_rate = keras.optimizers.schedules.ExponentialDecay(initial, steps_per_epoch, decay)
     kwargs = {} if learning_rate is None else {"learning_rate": learning_rate}
     return keras.optimizers.get({"class_name": name, "config": kwargs})
+
+
+def nonfinite_variables(variables):
+    """The paths (or names) of the floating-point ``variables`` that hold a NaN or an infinity: a model whose
+    training diverged, which is neither checkpointed nor exported."""
+    values = ((getattr(v, "path", None) or v.name, np.asarray(v.numpy())) for v in variables)
+    return [name for name, value in values if np.issubdtype(value.dtype, np.floating) and not np.isfinite(value).all()]

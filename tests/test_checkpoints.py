@@ -12,8 +12,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from fmnist_tf import checkpoints, training
-from fmnist_tf.checkpoints import Checkpoints, Workdir, WorkdirError
+from fmnist_tf import training
+from fmnist_tf.training import checkpoints
+from fmnist_tf.training.checkpoints import Checkpoints
+from fmnist_tf.training.workdir import LOCK_FILE, RUN_FILE, SETTINGS, STALE_LOCK_SECONDS, Workdir, WorkdirError
 from fmnist_tf.model import build_model, make_optimizer
 
 SETTINGS = {"model": "mlp", "optimizer": "adam", "learning_rate": None, "batch_size": 128, "seed": 42, "source": "tfds",
@@ -89,13 +91,13 @@ def test_a_run_with_other_settings_stops_before_reading_data(tmp_path):
     # raw_dir holds no data files: reading them would fail with a DataError instead.
     with pytest.raises(WorkdirError, match=r"--model=mlp \(workdir: softmax\), --optimizer=adam \(workdir: rmsprop\)"):
         training.run(config)
-    assert not (tmp_path / "w" / checkpoints.LOCK_FILE).exists()  # released on the way out
+    assert not (tmp_path / "w" / LOCK_FILE).exists()  # released on the way out
 
 
 def _write_lock(workdir, pid, host=None, refreshed=None):
     os.makedirs(workdir, exist_ok=True)
     lock = {"pid": pid, "host": host or socket.gethostname(), "refreshed": refreshed or time.time()}
-    (workdir / checkpoints.LOCK_FILE).write_text(json.dumps(lock))
+    (workdir / LOCK_FILE).write_text(json.dumps(lock))
 
 
 def test_a_workdir_in_use_is_refused_and_a_dead_holders_lock_is_taken(tmp_path):
@@ -109,8 +111,8 @@ def test_a_workdir_in_use_is_refused_and_a_dead_holders_lock_is_taken(tmp_path):
         holder.send_signal(signal.SIGKILL)
         holder.wait()
     with Workdir(tmp_path).lock():  # its holder is gone
-        assert json.loads((tmp_path / checkpoints.LOCK_FILE).read_text())["pid"] == os.getpid()
-    assert not (tmp_path / checkpoints.LOCK_FILE).exists()
+        assert json.loads((tmp_path / LOCK_FILE).read_text())["pid"] == os.getpid()
+    assert not (tmp_path / LOCK_FILE).exists()
 
 
 def test_another_hosts_lock_blocks_until_it_stops_being_refreshed(tmp_path):
@@ -118,10 +120,10 @@ def test_another_hosts_lock_blocks_until_it_stops_being_refreshed(tmp_path):
     with pytest.raises(WorkdirError, match="in use by pid 1 on other-host"):
         with Workdir(tmp_path).lock():
             pass
-    _write_lock(tmp_path, 1, host="other-host", refreshed=time.time() - checkpoints.STALE_LOCK_SECONDS - 60)
+    _write_lock(tmp_path, 1, host="other-host", refreshed=time.time() - STALE_LOCK_SECONDS - 60)
     with Workdir(tmp_path).lock() as workdir:
         workdir.refresh_lock()
-        assert json.loads((tmp_path / checkpoints.LOCK_FILE).read_text())["host"] == socket.gethostname()
+        assert json.loads((tmp_path / LOCK_FILE).read_text())["host"] == socket.gethostname()
 
 
 def test_exports_are_remembered_while_their_version_exists(tmp_path):
@@ -140,6 +142,6 @@ def test_the_workdir_record_is_plain_json(tmp_path):
     workdir = Workdir(tmp_path)
     config = dataclasses.asdict(training.Config(model="cnn"))
     workdir.record(config)
-    record = json.loads((tmp_path / checkpoints.RUN_FILE).read_text())
-    assert record == {"settings": {k: config[k] for k in checkpoints.SETTINGS}, "exports": {}}
+    record = json.loads((tmp_path / RUN_FILE).read_text())
+    assert record == {"settings": {k: config[k] for k in SETTINGS}, "exports": {}}
     assert record["settings"]["optimizer"] == "adam" and record["settings"]["batch_size"] == 64

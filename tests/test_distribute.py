@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from fmnist_tf import distribute
+from fmnist_tf.training import distribute
 
 GOOGLE, NVIDIA = "0x1ae0", "0x10de"
 

@@ -10,8 +10,10 @@ import pytest
 import tensorflow as tf
 
 from conftest import error_lines, run_script, tmpfs
-from fmnist_tf import checkpoints, training
-from fmnist_tf.checkpoints import CheckpointError, Checkpoints, Workdir, WorkdirError
+from fmnist_tf import training
+from fmnist_tf.training import checkpoints
+from fmnist_tf.training.checkpoints import CheckpointError, Checkpoints
+from fmnist_tf.training.workdir import RUN_FILE, Workdir, WorkdirError
 from fmnist_tf.model import build_model, make_optimizer
 
 TRAIN = ("--source=idx", "--export_dir=")
@@ -132,8 +134,8 @@ def test_a_diverged_epoch_is_not_saved_and_the_previous_checkpoints_stay(two_epo
 
 
 def test_a_run_json_that_does_not_parse_is_named(tmp_path):
-    (tmp_path / checkpoints.RUN_FILE).write_text("{")
-    with pytest.raises(WorkdirError, match=f"{tmp_path / checkpoints.RUN_FILE} is not JSON"):
+    (tmp_path / RUN_FILE).write_text("{")
+    with pytest.raises(WorkdirError, match=f"{tmp_path / RUN_FILE} is not JSON"):
         Workdir(tmp_path).read_record()
 
 

@@ -6,7 +6,7 @@ import pytest
 
 from conftest import error_lines, run_script, tmpfs
 from fmnist_tf.serving import export
-from fmnist_tf.checkpoints import Workdir, WorkdirError
+from fmnist_tf.training.workdir import Workdir, WorkdirError
 from fmnist_tf.model import build_model
 
 pytestmark = pytest.mark.slow  # every test runs the jobs in subprocesses

@@ -30,7 +30,8 @@ def _seconds(s):
 
 def _measure(parts):
     """Run the selected measurements; return every figure."""
-    from fmnist_tf import benchmark, data, distribute
+    from fmnist_tf import benchmark, data
+    from fmnist_tf.training import distribute
 
     figures = {"cpu_cores": os.cpu_count(), "load_average_at_start": os.getloadavg()[0]}
     common.prepare_data("tfds", data.DEFAULT_RAW_DIR, FLAGS.tfds_dir)

@@ -34,13 +34,29 @@ def define_raw_dir_flag():
     flags.register_validator("raw_dir", _raw_dir_is_a_folder)  # answered before TensorFlow starts
 
 
+def define_tfds_dir_flag():
+    """--tfds_dir: TFDS's data dir, where fashion_mnist is prepared (built from --raw_dir's files the first time)."""
+    flags.DEFINE_string(
+        "tfds_dir", None,
+        "TFDS data dir, where fashion_mnist is built from the shipped files the first time; default TFDS's own "
+        "($TFDS_DATA_DIR or ~/tensorflow_datasets).",
+    )  # fmt: skip
+
+
 def define_data_flags():
     """--source, --raw_dir and --tfds_dir, for the job that calls it."""
     flags.DEFINE_enum("source", "tfds", list(SOURCES), "Where examples come from: TFDS or the raw IDX files.")
     define_raw_dir_flag()
-    flags.DEFINE_string(
-        "tfds_dir", None, "TFDS data dir; default TFDS's own ($TFDS_DATA_DIR or ~/tensorflow_datasets)."
-    )
+    define_tfds_dir_flag()
+
+
+def define_seed_flag():
+    """--seed: the one seed of every random draw a job makes, so that a job run again draws the same."""
+    flags.DEFINE_integer(
+        "seed", 42,
+        "Seeds every random draw of the job (the split, the epoch order, the weight initialisation, augmentation, "
+        "SGD's random_state, the int8 calibration sample): the same seed draws the same.",
+    )  # fmt: skip
 
 
 def define_model_dir_flag(default=None, also=""):

@@ -30,6 +30,7 @@ from google.protobuf import text_format
 
 from fmnist_tf import storage
 from fmnist_tf.serving import layout
+from fmnist_tf.model import nonfinite_variables
 from fmnist_tf.data import CLASS_NAMES, IMAGE_SHAPE, NUM_PIXELS, RAW_FILES, normalize, sha256
 
 # Signature names and their input names: what TF Serving clients put in their requests.
@@ -68,12 +69,6 @@ class ExportError(OSError):
 
 class NonFiniteWeightsError(ValueError):
     """The model's weights hold NaN or inf: training diverged, and such a model is never published."""
-
-
-def nonfinite_variables(variables):
-    """The paths (or names) of the floating-point ``variables`` that hold a NaN or an infinity."""
-    values = ((getattr(v, "path", None) or v.name, np.asarray(v.numpy())) for v in variables)
-    return [name for name, value in values if np.issubdtype(value.dtype, np.floating) and not np.isfinite(value).all()]
 
 
 def check_finite_weights(model):
