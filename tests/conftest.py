@@ -163,6 +163,16 @@ def tmpfs(folder, options):
         subprocess.run(["umount", str(folder)], check=True)
 
 
+def built_model_and_optimizer(kind="mlp"):
+    """A ``kind`` model and its default optimizer, built: every variable a checkpoint holds exists."""
+    from fmnist_tf import configs
+    from fmnist_tf.model import build_model, make_optimizer
+
+    model, optimizer = build_model(kind), make_optimizer(configs.MODEL_DEFAULTS[kind].optimizer)
+    optimizer.build(model.trainable_variables)
+    return model, optimizer
+
+
 @pytest.fixture
 def raw_copy(tmp_path):
     """A writable copy of the shipped raw folder, to damage."""

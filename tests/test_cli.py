@@ -2,6 +2,7 @@
 the first run builds TFDS in one line; a clean run, a resumed run and evaluate.py (with no flags) print
 nothing on stderr; the strategy line comes before the first epoch."""
 
+import dataclasses
 import json
 import os
 import re
@@ -76,6 +77,14 @@ def test_train_help_says_each_models_defaults(tmp_path):
     assert "default saved_models/fashion_mnist for softmax" in text
 
 
+def test_train_has_a_flag_for_each_config_field_and_fills_the_config_from_them(tmp_path):
+    done = run_script("train.py", "--help", cwd=tmp_path, timeout=60)
+    (own,) = _help_sections(done.stdout).values()
+    fields = {field.name for field in dataclasses.fields(training.Config)}
+    # verbose is the library's (the job always prints); metrics_json is the job's output, not the run's.
+    assert fields - set(own) == {"verbose"} and set(own) - fields == {"metrics_json"}, own
+
+
 def test_each_model_kind_defaults_to_the_settings_behind_its_documented_accuracy():
     # softmax: the notebook's; mlp, cnn and cnn_bn: the commands of BUILD_NOTES.md's 0.8898, 0.9166 and 0.93 rows.
     documented = {
@@ -117,11 +126,12 @@ def test_augment_and_learning_rate_decay_are_checked_and_an_explicit_value_wins(
 
 
 @pytest.mark.slow
-def test_augment_flag_overrides_the_models_default(tmp_path):
-    done = run_script("train.py", "--augment", "--epochs=1", "--source=idx", "--export_dir=", "--metrics_json=m.json",
-                      cwd=tmp_path)  # fmt: skip
+def test_augment_and_decay_flags_override_the_models_defaults(tmp_path):
+    done = run_script("train.py", "--augment", "--learning_rate_decay=0.5", "--epochs=1", "--source=idx",
+                      "--export_dir=", "--metrics_json=m.json", cwd=tmp_path)  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
-    assert json.loads((tmp_path / "m.json").read_text())["config"]["augment"] is True  # softmax's default: off
+    config = json.loads((tmp_path / "m.json").read_text())["config"]
+    assert (config["augment"], config["learning_rate_decay"]) == (True, 0.5)  # softmax's defaults: off, 1.0
 
 
 @pytest.fixture(scope="module")

@@ -9,20 +9,13 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import error_lines, run_script, tmpfs
+from conftest import built_model_and_optimizer, error_lines, run_script, tmpfs
 from fmnist_tf import training
 from fmnist_tf.training import checkpoints
 from fmnist_tf.training.checkpoints import CheckpointError, Checkpoints
 from fmnist_tf.training.workdir import RUN_FILE, Workdir, WorkdirError
-from fmnist_tf.model import build_model, make_optimizer
 
 TRAIN = ("--source=idx", "--export_dir=")
-
-
-def _model_and_optimizer():
-    model, optimizer = build_model("softmax"), make_optimizer("rmsprop")
-    optimizer.build(model.trainable_variables)
-    return model, optimizer
 
 
 def _history(epochs):
@@ -32,7 +25,7 @@ def _history(epochs):
 @pytest.fixture
 def two_epochs(tmp_path):
     """A workdir whose checkpoints hold epochs 1 and 2 (ckpt-1, ckpt-2), each with its own kernel values."""
-    model, optimizer = _model_and_optimizer()
+    model, optimizer = built_model_and_optimizer("softmax")
     saver = Checkpoints(str(tmp_path), model, optimizer, chief=True)
     for epoch in (1, 2):
         model.trainable_variables[0].assign(tf.fill(model.trainable_variables[0].shape, float(epoch)))
@@ -41,7 +34,7 @@ def two_epochs(tmp_path):
 
 
 def _restore(workdir):
-    model, optimizer = _model_and_optimizer()
+    model, optimizer = built_model_and_optimizer("softmax")
     start, history = Checkpoints(str(workdir), model, optimizer, chief=True).restore()
     return start, history, float(model.trainable_variables[0].numpy().flat[0])
 
@@ -84,7 +77,7 @@ def test_a_missing_or_garbage_state_file_or_index_resumes_from_the_newest_intact
     (line,) = capsys.readouterr().err.splitlines()
     assert said in line and f"resuming from {folder / f'ckpt-{expected}'}" in line
     # The next save continues the numbering: it never writes ckpt-1 over the intact one.
-    model, optimizer = _model_and_optimizer()
+    model, optimizer = built_model_and_optimizer("softmax")
     saver = Checkpoints(str(workdir), model, optimizer, chief=True)
     saver.restore()
     before = (folder / "ckpt-1.data-00000-of-00001").read_bytes()
@@ -124,7 +117,7 @@ def test_a_lost_garbage_or_short_history_is_named_not_resumed_with_a_bogus_one(t
 
 def test_a_diverged_epoch_is_not_saved_and_the_previous_checkpoints_stay(two_epochs):
     workdir, folder = two_epochs
-    model, optimizer = _model_and_optimizer()
+    model, optimizer = built_model_and_optimizer("softmax")
     saver = Checkpoints(str(workdir), model, optimizer, chief=True)
     saver.restore()
     model.trainable_variables[0].assign(tf.fill(model.trainable_variables[0].shape, np.nan))
@@ -141,7 +134,7 @@ def test_a_run_json_that_does_not_parse_is_named(tmp_path):
 
 def test_a_full_disk_while_saving_a_checkpoint_is_one_line_and_the_previous_stays(tmp_path):
     with tmpfs(tmp_path / "small", "size=100k") as workdir:
-        model, optimizer = _model_and_optimizer()  # a checkpoint with RMSprop's moments is ~63 KB: one fits, two do not
+        model, optimizer = built_model_and_optimizer("softmax")  # a checkpoint with RMSprop's moments is ~63 KB: one fits, two do not
         saver = Checkpoints(str(workdir), model, optimizer, chief=True)
         saver.save(1, _history(1))
         with pytest.raises(CheckpointError) as error:

@@ -9,7 +9,7 @@ from fmnist_tf.cli import common
 
 flags.DEFINE_integer("folds", 5, "Cross-validation folds.", lower_bound=2)
 flags.DEFINE_integer("max_iter", 10, "SGDClassifier max_iter (epochs over the data).", lower_bound=1)
-flags.DEFINE_integer("seed", 42, "SGDClassifier random_state.")
+common.define_seed_flag()
 flags.DEFINE_integer("n_jobs", -1, "Parallel CV fits; -1 uses every core.")
 common.define_data_flags()
 common.define_metrics_json_flag()

@@ -4,6 +4,7 @@ JSON output, and known failures as one line on stderr.
 Imports only absl and TF-free modules: flags must answer before TensorFlow loads."""
 
 import contextlib
+import dataclasses
 import functools
 import io
 import os
@@ -56,6 +57,7 @@ def define_seed_flag():
         "seed", 42,
         "Seeds every random draw of the job (the split, the epoch order, the weight initialisation, augmentation, "
         "SGD's random_state, the int8 calibration sample): the same seed draws the same.",
+        lower_bound=0,
     )  # fmt: skip
 
 
@@ -72,6 +74,13 @@ def define_model_dir_flag(default=None, also=""):
 def define_metrics_json_flag():
     """--metrics_json: where the job writes its figures (checked before any work by the jobs that take long)."""
     flags.DEFINE_string("metrics_json", None, "Write the figures to this JSON file (a local path or a URL).")
+
+
+def flag_values(config_class):
+    """The parsed flags named as ``config_class``'s dataclass fields, by name: a Config filled from the flags
+    without a copy of each (a field with no flag keeps its default)."""
+    names = {field.name for field in dataclasses.fields(config_class)}
+    return {name: flags.FLAGS[name].value for name in names if name in flags.FLAGS}
 
 
 def logs_requested():

@@ -16,7 +16,7 @@ flags.DEFINE_boolean(
     "augmented", False,
     f"Show the images, then {AUGMENTED_EPOCHS} rows of them flipped and shifted by the training augmentation.",
 )  # fmt: skip
-flags.DEFINE_integer("seed", 42, "With --augmented: seeds the draws shown.")
+common.define_seed_flag()
 common.define_data_flags()
 FLAGS = flags.FLAGS
 

@@ -12,7 +12,7 @@ from fmnist_tf.cli import common
 
 common.define_model_dir_flag()
 flags.DEFINE_string("out_dir", None, "Where to write the .tflite models and labels.txt.", required=True)
-flags.DEFINE_integer("seed", 0, "Picks the training images that calibrate the int8 model.", lower_bound=0)
+common.define_seed_flag()
 common.define_metrics_json_flag()
 common.define_data_flags()
 FLAGS = flags.FLAGS

@@ -13,7 +13,11 @@ flags.DEFINE_integer("epochs", None, "Passes over the 48,000 training images; de
 flags.DEFINE_integer("batch_size", None, "Global batch per training step (split across replicas); default the model's.", lower_bound=1)
 flags.DEFINE_enum("optimizer", None, list(configs.OPTIMIZERS), "Keras optimizer; default the model's.")
 flags.DEFINE_float("learning_rate", None, "Optimizer learning rate; default the optimizer's own.", lower_bound=0)
-flags.DEFINE_integer("seed", 42, "Seeds the split, the epoch order and the weight initialisation.")
+flags.DEFINE_float(
+    "learning_rate_decay", None, "The learning rate's factor each epoch (1: constant); default the model's.",
+    lower_bound=0, upper_bound=1,
+)  # fmt: skip
+common.define_seed_flag()
 common.define_data_flags()
 flags.DEFINE_string(
     "export_dir", None,
@@ -29,7 +33,7 @@ flags.DEFINE_boolean(
     "Flip and shift the training examples, differently every epoch (--noaugment: off); default the model's.",
 )  # fmt: skip
 flags.DEFINE_string("workdir", None, "Checkpoints (a killed run resumes from here) and TensorBoard logs.")
-flags.DEFINE_string("metrics_json", None, "Write the figures to this JSON file.")
+common.define_metrics_json_flag()
 flags.DEFINE_integer(
     "threads", None,
     f"TF thread pools (0: TF's default; at most {configs.MAX_THREADS}, 8 per core); default the model's setting.",
@@ -42,22 +46,7 @@ FLAGS = flags.FLAGS
 def main(argv):
     from fmnist_tf import training
 
-    config = training.Config(
-        epochs=FLAGS.epochs,
-        batch_size=FLAGS.batch_size,
-        optimizer=FLAGS.optimizer,
-        learning_rate=FLAGS.learning_rate,
-        seed=FLAGS.seed,
-        model=FLAGS.model,
-        source=FLAGS.source,
-        raw_dir=FLAGS.raw_dir,
-        tfds_dir=FLAGS.tfds_dir,
-        export_dir=FLAGS.export_dir,
-        workdir=FLAGS.workdir,
-        threads=FLAGS.threads,
-        shuffle_buffer=FLAGS.shuffle_buffer,
-        augment=FLAGS.augment,
-    )
+    config = training.Config(**common.flag_values(training.Config))
     config.validate()  # a bad flag stops here, before a first run builds TFDS
     common.check_output_file(FLAGS.metrics_json, "--metrics_json")  # not after training: the figures would be lost
     common.prepare_data(FLAGS.source, FLAGS.raw_dir, FLAGS.tfds_dir)

@@ -58,8 +58,8 @@ def make_evaluator(model):
 def _step_fn(model, optimizer, replicas):
     """One step on one replica: rows [begin, begin + size) of its chunk; returns [loss sum, correct, count].
 
-    ``size`` is a Python int for full batches, so the step's shapes are static (a quarter faster on CPU than
-    the same ops on an unknown batch dimension), or a tensor for an epoch's final partial batch.
+    ``size`` is a Python int for full batches, so the step's shapes are static (faster on CPU than the same
+    ops on an unknown batch dimension; BUILD_NOTES.md), or a tensor for an epoch's final partial batch.
     """
 
     def step(chunk_x, chunk_y, begin, size):
