@@ -9,7 +9,7 @@ TF 2.20+ writes a few lines from its C++ runtime while it is imported and while 
 devices (``WARNING: All log messages before absl::InitializeLog()...``, CUDA probing, oneDNN), before absl
 logging is initialised, so ``TF_CPP_MIN_LOG_LEVEL`` cannot silence them. Here TensorFlow is imported with
 the process's stderr (file descriptor 2, which the C++ runtime writes to) held in a temporary file; then
-only the lines that are not those known start-up lines are written back. If the import fails, every held
+only the lines that the log level would have hidden (``startup_noise``) are dropped. If the import fails, every held
 line is written back, so a broken TensorFlow install is shown in full.
 
 Standard library and absl only (TensorFlow is imported inside ``start_tensorflow``), so any door may use
@@ -26,21 +26,40 @@ import tempfile
 
 from absl import flags
 
-_GLOG_PREFIX = r"[IWE]\d{4} [\d:.]+\s+\d+ \w+\.cc:\d+\] "
-# Each pattern is one start-up line TF 2.20/2.21 prints on a machine without a GPU; nothing else is dropped.
-STARTUP_NOISE = tuple(
-    re.compile(pattern)
-    for pattern in (
-        r"WARNING: All log messages before absl::InitializeLog\(\) is called are written to STDERR$",
-        _GLOG_PREFIX + r"Could not find cuda drivers on your machine, GPU will not be used\.$",
-        _GLOG_PREFIX + r"failed call to cuInit: .*\(303\)$",
-        _GLOG_PREFIX + r"oneDNN custom operations are on\. ",
-        _GLOG_PREFIX + r"This TensorFlow binary is optimized to use available CPU instructions",
-        # The second line of the message above.
-        r"To enable the following instructions: [\w .]+, in other operations, rebuild TensorFlow with the "
-        r"appropriate compiler flags\.$",
+# A C++ log line's prefix, in absl's format (TF 2.21: ``I0000 00:00:1796050687.080189   10402 port.cc:153] ``) or in
+# TSL's (TF 2.20: ``2026-12-04 23:16:38.858621: I tensorflow/core/util/port.cc:153] ``); {s}: the severities matched.
+_LOG_PREFIX = r"(?:[{s}]\d{{4}} [\d:.]+\s+\d+ |\d{{4}}-\d\d-\d\d [\d:.]+: [{s}] )[\w./-]+:\d+\] "
+SEVERITIES = "IWEF"  # TF_CPP_MIN_LOG_LEVEL=n hides the first n: info, warning, error, fatal
+
+
+def startup_noise(min_log_level):
+    """Patterns of the start-up lines that ``TF_CPP_MIN_LOG_LEVEL=min_log_level`` would have hidden had absl
+    logging been set up: C++ log lines below that severity, whatever they say (a GPU or TPU build says other
+    things than a CPU one), and the few lines that belong to them. Nothing with level 0."""
+    if min_log_level < 1:
+        return ()
+    quiet = SEVERITIES[:min_log_level]
+    return tuple(
+        re.compile(pattern)
+        for pattern in (
+            _LOG_PREFIX.format(s=quiet),
+            # absl's own warning that the lines above it were written before it was set up.
+            r"WARNING: All log messages before absl::InitializeLog\(\) is called are written to STDERR$",
+            # The second line of an info message ("This TensorFlow binary is optimized to use ...").
+            r"To enable the following instructions: [\w .]+, in other operations, rebuild TensorFlow with the "
+            r"appropriate compiler flags\.$",
+            # An error only in name: TF's CUDA build probing a machine with no GPU driver.
+            _LOG_PREFIX.format(s=SEVERITIES) + r"failed call to cuInit: .*\(303\)$",
+        )
     )
-)
+
+
+def min_log_level():
+    """TF_CPP_MIN_LOG_LEVEL as TensorFlow reads it (0 when unset or not a number)."""
+    try:
+        return int(os.environ.get("TF_CPP_MIN_LOG_LEVEL") or 0)
+    except ValueError:
+        return 0
 
 
 def file_flags_under_door(module_name):
@@ -64,13 +83,13 @@ LITE_NOISE = tuple(
 )
 
 
-def without_noise(text, noise=STARTUP_NOISE):
+def without_noise(text, noise):
     """``text`` without the lines that match one of the ``noise`` patterns."""
     return "".join(line for line in text.splitlines(keepends=True) if not any(p.match(line.rstrip("\n")) for p in noise))
 
 
 @contextlib.contextmanager
-def held_back_stderr(noise=STARTUP_NOISE):
+def held_back_stderr(noise):
     """Hold whatever the block writes to stderr, file descriptor 2 (C++ as well as Python), in a temporary file;
     then write it back without the lines matching ``noise``, or all of it if the block raised."""
     sys.stderr.flush()
@@ -125,6 +144,6 @@ def start_tensorflow(hold_back=True):
     start TF's runtime, so thread pools and multi-worker strategies can still be configured afterwards.
     ``hold_back=False`` leaves stderr alone (a user who asked for logs sees everything).
     """
-    with held_back_stderr() if hold_back else contextlib.nullcontext():
+    with held_back_stderr(startup_noise(min_log_level())) if hold_back else contextlib.nullcontext():
         tf = import_tensorflow()
         tf.config.list_physical_devices()
