@@ -1,8 +1,9 @@
 """Measure the notebook's way against this package's on this machine, and print a table.
 
-    python scripts/benchmark.py [--repeats=3] [--process_repeats=5] [--parts=process,training,...] [--metrics_json=PATH]
+    python benchmarks/run.py [--repeats=3] [--process_repeats=5] [--parts=process,training,...] [--metrics_json=PATH]
 
 ``--parts=process`` alone gives the rows a user feels (whole processes, the first fit in each) in a few minutes.
+Run from a checkout: the benchmarks are not installed with the package.
 """
 
 import os
@@ -19,7 +20,7 @@ flags.DEFINE_integer(
 )
 flags.DEFINE_list("parts", list(PARTS), f"Which measurements to run, comma-separated: any of {', '.join(PARTS)}.")
 flags.register_validator("parts", lambda parts: set(parts) <= set(PARTS), f"--parts takes names from {', '.join(PARTS)}")
-flags.DEFINE_string("tfds_dir", None, "TFDS data dir (prepared here if needed); default TFDS's own.")
+common.define_tfds_dir_flag()
 common.define_metrics_json_flag()
 FLAGS = flags.FLAGS
 
@@ -30,7 +31,14 @@ def _seconds(s):
 
 def _measure(parts):
     """Run the selected measurements; return every figure."""
-    from fmnist_tf import benchmark, data
+    # Imported here, with TensorFlow, once the flags have answered.
+    import baseline_cv
+    import fresh_processes
+    import input_pipelines
+    import scaling_memory
+    import serving_latency
+    import warm_fit
+    from fmnist_tf import data
     from fmnist_tf.training import distribute
 
     figures = {"cpu_cores": os.cpu_count(), "load_average_at_start": os.getloadavg()[0]}
@@ -38,12 +46,12 @@ def _measure(parts):
     # Fresh processes first, while this process is still idle.
     if "process" in parts:
         figures["process_repeats"] = FLAGS.process_repeats
-        figures.update(benchmark.bench_whole_process(FLAGS.process_repeats, FLAGS.tfds_dir))
+        figures.update(fresh_processes.bench_whole_process(FLAGS.process_repeats, FLAGS.tfds_dir))
     if "first_run" in parts:
-        figures.update(benchmark.bench_first_run(1))
+        figures.update(fresh_processes.bench_first_run(1))
     if "scaling" in parts:
-        figures.update(benchmark.bench_scaling(data.load_examples("train", tfds_dir=FLAGS.tfds_dir),
-                                               data.load_examples("test", tfds_dir=FLAGS.tfds_dir)))  # fmt: skip
+        figures.update(scaling_memory.bench_scaling(data.load_examples("train", tfds_dir=FLAGS.tfds_dir),
+                                                    data.load_examples("test", tfds_dir=FLAGS.tfds_dir)))  # fmt: skip
     if not parts & {"training", "serving", "pipelines", "baseline", "cold_start"}:
         return figures
     # The package's thread setting for the softmax model, before TF's runtime starts: the notebook's in-process
@@ -52,23 +60,23 @@ def _measure(parts):
     splits = data.load_splits(42, "tfds", tfds_dir=FLAGS.tfds_dir)
     if parts & {"training", "serving"}:
         figures["repeats"] = FLAGS.repeats
-        train = benchmark.bench_training(splits, FLAGS.repeats)
+        train = warm_fit.bench_training(splits, FLAGS.repeats)
         trained = train.pop("model")
         figures.update(train)
     if "training" in parts:
         figures.update(
-            benchmark.bench_notebook_default_threads(FLAGS.repeats, figures["package_fit_seconds"], FLAGS.tfds_dir)
+            warm_fit.bench_notebook_default_threads(FLAGS.repeats, figures["package_fit_seconds"], FLAGS.tfds_dir)
         )
     if "serving" in parts:
         train_images, test_images = (data.to_numpy(splits[name])[0] for name in ("train", "test"))
-        figures.update(benchmark.bench_serving(trained, test_images))
-        figures.update(benchmark.bench_lite(trained, train_images, test_images))
+        figures.update(serving_latency.bench_serving(trained, test_images))
+        figures.update(serving_latency.bench_lite(trained, train_images, test_images))
     if "pipelines" in parts:
-        figures.update(benchmark.bench_pipelines(FLAGS.tfds_dir, splits))
+        figures.update(input_pipelines.bench_pipelines(FLAGS.tfds_dir, splits))
     if "baseline" in parts:
-        figures.update(benchmark.bench_baseline("tfds", FLAGS.tfds_dir))
+        figures.update(baseline_cv.bench_baseline("tfds", FLAGS.tfds_dir))
     if "cold_start" in parts:
-        figures.update(benchmark.bench_cold_start(FLAGS.tfds_dir))
+        figures.update(fresh_processes.bench_cold_start(FLAGS.tfds_dir))
     return figures
 
 
