@@ -156,9 +156,5 @@ def main(argv):
         common.write_json(FLAGS.metrics_json, f)
 
 
-def run():
-    common.run(main)
-
-
 if __name__ == "__main__":
-    run()
+    common.run(main)
