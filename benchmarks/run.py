@@ -2,7 +2,7 @@
 
     python benchmarks/run.py [--repeats=3] [--process_repeats=5] [--parts=process,training,...] [--metrics_json=PATH]
 
-``--parts=process`` alone gives the rows a user feels (whole processes, the first fit in each) in a few minutes.
+``--parts=process`` alone gives the rows a user feels (whole processes, the first fit in each).
 Run from a checkout: the benchmarks are not installed with the package.
 """
 
