@@ -163,6 +163,23 @@ def tmpfs(folder, options):
         subprocess.run(["umount", str(folder)], check=True)
 
 
+# The name training reports for each kind of strategy its plan can choose (``training.distribute``).
+STRATEGY_NAMES = {"default": "default strategy", "gpu": "OneDeviceStrategy", "gpus": "MirroredStrategy",
+                  "tpu": "TPUStrategy", "multi_worker": "MultiWorkerMirroredStrategy"}  # fmt: skip
+
+
+def planned_strategy():
+    """(name, replicas or None if the plan cannot tell) of the strategy training chooses on this machine, planned
+    from the physical devices: listing logical ones would start TF's runtime here and take the GPUs' memory."""
+    import tensorflow as tf
+
+    from fmnist_tf.training import distribute
+
+    gpus = len(tf.config.list_physical_devices("GPU"))
+    kind = distribute.plan_strategy(gpus=gpus).kind
+    return STRATEGY_NAMES[kind], {"default": 1, "gpu": 1, "gpus": gpus}.get(kind)
+
+
 def built_model_and_optimizer(kind="mlp"):
     """A ``kind`` model and its default optimizer, built: every variable a checkpoint holds exists."""
     from fmnist_tf import configs

@@ -137,7 +137,7 @@ def every_strategy(tmp_path_factory):
 def test_every_strategy_builds_and_trains_the_same_figures(every_strategy):
     runs = every_strategy["runs"]
     assert {name: (r["strategy"], r["replicas"]) for name, r in runs.items()} == {
-        "default": ("default strategy (CPU)", 1),
+        "default": ("default strategy", 1),
         "one_device": ("OneDeviceStrategy", 1),
         "mirrored_1": ("MirroredStrategy", 1),
         "mirrored_2": ("MirroredStrategy", 2),

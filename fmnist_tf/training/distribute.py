@@ -148,12 +148,13 @@ _PUBLIC_STRATEGIES = ("MultiWorkerMirroredStrategy", "MirroredStrategy", "OneDev
 
 
 def strategy_name(strategy):
-    """The name users know ``strategy`` by: its public tf.distribute class, or "default strategy (CPU)"."""
+    """The name users know ``strategy`` by: its public tf.distribute class, or "default strategy" (TF's own
+    placement, on whichever device TF picks first: the devices line says which)."""
     for name in _PUBLIC_STRATEGIES:
         if isinstance(strategy, getattr(tf.distribute, name)):
             return name
     if strategy is tf.distribute.get_strategy():
-        return "default strategy (CPU)"
+        return "default strategy"
     return type(strategy).__name__
 
 
