@@ -9,8 +9,9 @@ from fmnist_tf._lazy import lazy_exports
 _EXPORTS = {
     **dict.fromkeys(("CLASS_NAMES", "DataError", "Examples", "evaluation_data", "load_arrays", "load_examples",
                      "load_split", "load_splits", "normalize", "prepare_tfds", "training_data"), "data"),  # fmt: skip
-    **dict.fromkeys(("ModelDirError", "evaluate_saved_model"), "evaluation"),
+    "evaluate_saved_model": "evaluation",
     **dict.fromkeys(("ExportError", "export_saved_model", "latest_version_path"), "serving.export"),
+    **dict.fromkeys(("ModelDirError", "resolve_export"), "serving.layout"),
     **dict.fromkeys(("build_model", "make_optimizer"), "model"),
     **dict.fromkeys(("Config", "run"), "training"),
 }

@@ -14,7 +14,7 @@ import tensorflow as tf
 from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 
 from fmnist_tf import data, plots, storage
-from fmnist_tf.serving import export
+from fmnist_tf.serving import export, layout
 
 REPORT_FILE = "report.json"
 CONFUSION_MATRIX_FILE = "confusion_matrix.png"
@@ -23,44 +23,19 @@ TOP_CONFUSED = 5
 LITE_SUFFIX = ".tflite"
 
 
-class ModelDirError(ValueError):
-    """The model path holds no SavedModel (or LiteRT model) with a serving_default signature."""
-
-
-def resolve_version(model_dir):
-    """The SavedModel folder to score: ``model_dir`` itself, or its highest integer version (TF Serving's pick).
-
-    ``model_dir`` may be a local folder or a gs://, s3:// or ram:// URL (kept a string: pathlib folds "//").
-    """
-    storage.check_glob_free(model_dir, "model dir")
-    path = pathlib.Path(model_dir) if storage.is_local(model_dir) else str(model_dir).rstrip("/")
-    if not tf.io.gfile.isdir(str(path)):
-        raise ModelDirError(f"model dir {path} does not exist or is not a folder")
-    if tf.saved_model.contains_saved_model(str(path)):
-        return path
-    version = export.latest_version_path(path)
-    if version is None:
-        raise ModelDirError(
-            f"model dir {path} is neither a SavedModel (no saved_model.pb) nor a base path with integer "
-            "version folders (<N>/saved_model.pb)"
-        )
-    if not tf.saved_model.contains_saved_model(str(version)):
-        raise ModelDirError(f"model dir {path}: latest version {version} holds no saved_model.pb")
-    return version
-
-
 def load_serving_default(model_dir):
-    """(version folder, its serving_default signature), loaded as TF Serving loads it."""
-    version = resolve_version(model_dir)
+    """(version folder, its serving_default signature), loaded as TF Serving loads it; ``model_dir`` is a version
+    folder or a base path (``layout.resolve_export``)."""
+    _, _, version = layout.resolve_export(model_dir)
     try:
         loaded = tf.saved_model.load(str(version))
     except (OSError, ValueError, tf.errors.OpError) as e:
         # TF's message can run to several lines of hints; the first says what is wrong.
         reason = str(e).strip().splitlines()[0]
-        raise ModelDirError(f"{version}: not a loadable SavedModel: {reason}") from e
+        raise layout.ModelDirError(f"{version}: not a loadable SavedModel: {reason}") from e
     signatures = loaded.signatures
     if export.SERVING_DEFAULT not in signatures:
-        raise ModelDirError(
+        raise layout.ModelDirError(
             f"{version}: no {export.SERVING_DEFAULT} signature (found: {', '.join(signatures) or 'none'})"
         )
     return version, signatures[export.SERVING_DEFAULT]

@@ -13,6 +13,7 @@ import tensorflow as tf
 
 from conftest import error_lines, parse_idx, run_script
 from fmnist_tf import data, evaluation
+from fmnist_tf.serving import layout
 
 
 @pytest.fixture(scope="module")
@@ -93,8 +94,8 @@ def test_a_base_path_resolves_to_its_highest_integer_version(exported, tmp_path)
     for name in ("2", "10"):
         shutil.copytree(version, tmp_path / name)
     (tmp_path / "99-old").mkdir()  # not all digits: TF Serving ignores it, so must we
-    assert evaluation.resolve_version(tmp_path) == tmp_path / "10"  # by number, not by name
-    assert evaluation.resolve_version(tmp_path / "2") == tmp_path / "2"
+    assert layout.resolve_export(tmp_path) == (tmp_path, 10, tmp_path / "10")  # by number, not by name
+    assert layout.resolve_export(tmp_path / "2") == (tmp_path, 2, tmp_path / "2")
 
 
 def test_a_path_without_a_saved_model_is_a_clear_error(exported, tmp_path):
@@ -111,7 +112,7 @@ def test_a_path_without_a_saved_model_is_a_clear_error(exported, tmp_path):
         (damaged, f"{damaged / '3'}: not a loadable SavedModel"),
     ]
     for path, message in cases:
-        with pytest.raises(evaluation.ModelDirError, match=re.escape(message)) as raised:
+        with pytest.raises(layout.ModelDirError, match=re.escape(message)) as raised:
             evaluation.evaluate_saved_model(path, tmp_path / "out", source="idx")
         assert str(path) in str(raised.value) and "\n" not in str(raised.value)
     assert not (tmp_path / "out").exists()

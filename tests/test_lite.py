@@ -11,7 +11,7 @@ from ai_edge_litert.interpreter import Interpreter
 
 from conftest import error_lines, run_script
 from fmnist_tf import data, evaluation, training
-from fmnist_tf.serving import lite
+from fmnist_tf.serving import layout, lite
 
 KINDS = ("softmax", "mlp", "cnn", "cnn_bn")
 
@@ -178,8 +178,8 @@ def test_what_cannot_be_converted_or_written_is_a_one_line_error(exports, tmp_pa
     a_file = tmp_path / "a_file"
     a_file.write_text("")
     cases = [
-        (no_export, tmp_path / "out", evaluation.ModelDirError, "neither a SavedModel"),
-        (tmp_path / "other", tmp_path / "out", evaluation.ModelDirError,
+        (no_export, tmp_path / "out", layout.ModelDirError, "neither a SavedModel"),
+        (tmp_path / "other", tmp_path / "out", layout.ModelDirError,
          "no serving_default signature (found: predict)"),
         (exports["softmax"], a_file / "out", lite.OutDirError, f"out dir {a_file / 'out'} cannot be written"),
     ]  # fmt: skip
@@ -209,7 +209,7 @@ def test_a_file_that_is_not_a_servable_tflite_is_a_one_line_error(tmp_path):
         (unsigned, "expected a serving_default signature"),
     ]
     for path, message in cases:
-        with pytest.raises(evaluation.ModelDirError, match=re.escape(message)) as raised:
+        with pytest.raises(layout.ModelDirError, match=re.escape(message)) as raised:
             evaluation.evaluate_model(path, tmp_path / "out", source="idx")
         assert str(path) in str(raised.value) and "\n" not in str(raised.value)
     assert not (tmp_path / "out").exists()

@@ -82,11 +82,12 @@ def print_comparison(comparison, other_path):
 
 def default_out_dir(model_path):
     """reports/<base path's name>/<version> for the version that ``model_path`` scores (a file: its folder/stem)."""
-    from fmnist_tf import evaluation
+    from fmnist_tf.serving import layout
 
     path = pathlib.Path(model_path)
     if not path.is_file():
-        path = evaluation.resolve_version(path)
+        _, _, version = layout.resolve_export(model_path)
+        path = pathlib.Path(version)  # a URL's too: only its last two names are used
     return os.path.join(REPORTS_DIR, path.resolve().parent.name, path.stem)
 
 

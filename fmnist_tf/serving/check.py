@@ -254,7 +254,8 @@ def run_checks(model_dir, raw_dir=DEFAULT_RAW_DIR):
 
     Raises ServingCheckError only when ``model_dir`` is not an export at all.
     """
-    base_path, number, version_dir = resolve_export(model_dir)
+    # Resolved: this check reads local folders, and models.config lists absolute base paths.
+    base_path, number, version_dir = resolve_export(pathlib.Path(model_dir).resolve())
     config_path = pathlib.Path(model_config_path(base_path))
     checks = []
     try:

@@ -11,8 +11,8 @@ What each rule mirrors, read in TF Serving's source (tensorflow/serving, tag 2.2
 - models.config: protobuf text of ``ModelServerConfig``, unique model names, absolute base paths, and every
   listed model must load for the server to start (model_servers/server_core.cc).
 
-Imports only the standard library, TensorFlow, the TF Serving API protos and ``storage``: the export and the
-check (which runs under the server's TensorFlow) both read these rules here.
+Imports only the standard library, TensorFlow, the TF Serving API protos and ``storage``: the export, the
+evaluation and the check (which runs under the server's TensorFlow) all read these rules here.
 """
 
 import json
@@ -45,6 +45,11 @@ class ServingCheckError(ValueError):
 
 class ModelConfigError(ServingCheckError):
     """A models.config that TF Serving's protobuf text parser would reject."""
+
+
+class ModelDirError(ServingCheckError):
+    """A model path that names nothing to serve: no version TF Serving would take, one that does not load, or no
+    LiteRT model."""
 
 
 _SIMPLE_ATOI = re.compile(r"[ \t\n\v\f\r]*([+-]?[0-9]+)[ \t\n\v\f\r]*")
@@ -113,29 +118,42 @@ def read_provenance(version_dir):
 
 
 def resolve_export(model_dir):
-    """(base path, version number, version folder) that TF Serving would serve for ``model_dir``.
+    """(base path, version number, version folder) that TF Serving would serve for ``model_dir``; ModelDirError
+    naming ``model_dir`` and what was expected when there is none.
 
-    ``model_dir`` is a version folder (its parent is the base path) or a base path (its highest version).
+    ``model_dir`` is a version folder (its parent is the base path) or a base path (its highest version), a local
+    folder or a gs://, s3:// or ram:// URL. The paths returned are built on ``model_dir`` as given: a relative
+    path stays relative, a URL a string.
     """
-    path = pathlib.Path(model_dir).resolve()
-    if not path.is_dir():
-        raise ServingCheckError(f"{model_dir} does not exist or is not a folder")
+    storage.check_glob_free(model_dir, "model dir")
+    if storage.is_url(model_dir):
+        path = str(model_dir).rstrip("/")
+        parent, name = path.rsplit("/", 1)
+    else:
+        path = pathlib.Path(model_dir)
+        if path.name in ("", ".."):  # "." and ".." stand for a folder whose own name is the one TF Serving lists
+            path = path.resolve()
+        parent, name = path.parent, path.name
+    if not tf.io.gfile.isdir(str(path)):
+        raise ModelDirError(f"model dir {path} does not exist or is not a folder")
     if is_saved_model(path):
-        number = version_number(path.name)
+        number = version_number(name)
         if number is None:
-            raise ServingCheckError(
-                f"{model_dir} is a SavedModel but not a version folder: TF Serving serves <base path>/<integer>/"
+            raise ModelDirError(
+                f"model dir {path} is a SavedModel but not a version folder: TF Serving serves <base path>/<integer>/"
             )
-        return path.parent, number, path
+        return parent, number, path
     found = version_paths(path)
     if not found:
-        raise ServingCheckError(
-            f"{model_dir} holds no saved_model.pb and no integer-named version folder (<base path>/<N>/)"
+        raise ModelDirError(
+            f"model dir {path} is neither a SavedModel (no saved_model.pb) nor a base path with integer version "
+            "folders (<base path>/<N>/saved_model.pb)"
         )
     number, version_dir = max(found.items())
     if not is_saved_model(version_dir):
-        raise ServingCheckError(
-            f"TF Serving would serve version {number} from {version_dir}, which holds no saved_model.pb"
+        raise ModelDirError(
+            f"model dir {path}: TF Serving would serve version {number} from it, but its latest version "
+            f"{version_dir} holds no saved_model.pb"
         )
     return path, number, version_dir
 

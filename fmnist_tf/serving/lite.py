@@ -22,7 +22,7 @@ import tensorflow as tf
 from ai_edge_litert.interpreter import Interpreter
 
 from fmnist_tf import data, evaluation, storage
-from fmnist_tf.serving import export
+from fmnist_tf.serving import export, layout
 
 MODEL_FILES = {"float32": "model_float32.tflite", "int8": "model_int8.tflite"}
 LABELS_FILE = "labels.txt"
@@ -37,15 +37,15 @@ def load_lite_model(path):
     """The serving_default signature runner of the LiteRT model at ``path`` (a .tflite file from ``lite``)."""
     path = pathlib.Path(path)
     if not path.is_file():
-        raise evaluation.ModelDirError(f"LiteRT model {path} does not exist or is not a file")
+        raise layout.ModelDirError(f"LiteRT model {path} does not exist or is not a file")
     try:
         interpreter = Interpreter(model_path=str(path))
     except (ValueError, RuntimeError) as e:
-        raise evaluation.ModelDirError(f"{path}: not a LiteRT model: {str(e).strip().splitlines()[0]}") from e
+        raise layout.ModelDirError(f"{path}: not a LiteRT model: {str(e).strip().splitlines()[0]}") from e
     signatures = interpreter.get_signature_list()
     expected = {"inputs": [export.SIGNATURE_INPUTS[export.SERVING_DEFAULT]], "outputs": [LITE_OUTPUT]}
     if signatures.get(export.SERVING_DEFAULT) != expected:
-        raise evaluation.ModelDirError(
+        raise layout.ModelDirError(
             f"{path}: expected a {export.SERVING_DEFAULT} signature {expected}, found {signatures or 'none'}"
         )
     return interpreter.get_signature_runner(export.SERVING_DEFAULT)
