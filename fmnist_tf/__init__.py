@@ -10,7 +10,7 @@ _EXPORTS = {
     **dict.fromkeys(("CLASS_NAMES", "DataError", "Examples", "evaluation_data", "load_arrays", "load_examples",
                      "load_split", "load_splits", "normalize", "prepare_tfds", "training_data"), "data"),  # fmt: skip
     "evaluate_saved_model": "evaluation",
-    **dict.fromkeys(("ExportError", "export_saved_model", "latest_version_path"), "serving.export"),
+    **dict.fromkeys(("ExportError", "export_saved_model"), "serving.export"),
     **dict.fromkeys(("ModelDirError", "resolve_export"), "serving.layout"),
     **dict.fromkeys(("build_model", "make_optimizer"), "model"),
     **dict.fromkeys(("Config", "run"), "training"),

@@ -14,7 +14,8 @@ import tensorflow as tf
 from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 
 from fmnist_tf import data, plots, storage
-from fmnist_tf.serving import export, layout
+from fmnist_tf.serving import layout
+from fmnist_tf.serving.signatures import SERVING_DEFAULT, SIGNATURE_INPUTS
 
 REPORT_FILE = "report.json"
 CONFUSION_MATRIX_FILE = "confusion_matrix.png"
@@ -34,16 +35,16 @@ def load_serving_default(model_dir):
         reason = str(e).strip().splitlines()[0]
         raise layout.ModelDirError(f"{version}: not a loadable SavedModel: {reason}") from e
     signatures = loaded.signatures
-    if export.SERVING_DEFAULT not in signatures:
+    if SERVING_DEFAULT not in signatures:
         raise layout.ModelDirError(
-            f"{version}: no {export.SERVING_DEFAULT} signature (found: {', '.join(signatures) or 'none'})"
+            f"{version}: no {SERVING_DEFAULT} signature (found: {', '.join(signatures) or 'none'})"
         )
-    return version, signatures[export.SERVING_DEFAULT]
+    return version, signatures[SERVING_DEFAULT]
 
 
 def predict_classes(signature, images, batch_size=1_000):
     """The class_id the serving_default ``signature`` returns for each of the uint8 [n, 28, 28] ``images``."""
-    input_name = export.SIGNATURE_INPUTS[export.SERVING_DEFAULT]
+    input_name = SIGNATURE_INPUTS[SERVING_DEFAULT]
     batches = (
         signature(**{input_name: tf.constant(images[start : start + batch_size])})["class_id"].numpy()
         for start in range(0, len(images), batch_size)

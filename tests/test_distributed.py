@@ -13,7 +13,7 @@ import tensorflow as tf
 
 from conftest import REPO, error_lines, script_command
 from fmnist_tf import data
-from fmnist_tf.serving import export
+from fmnist_tf.serving import layout
 
 pytestmark = pytest.mark.slow  # every test runs the jobs in subprocesses
 
@@ -52,7 +52,7 @@ def test_two_workers_train_disjoint_shards_and_the_chief_alone_exports(tmp_path,
         assert returncode == 0, err[-3000:]
 
     # Exactly one version, from the chief (worker 0); only it wrote the figures.
-    assert export.versions(base) == [1] and [p.name for p in base.iterdir()] == ["1"]
+    assert list(layout.version_paths(base)) == [1] and [p.name for p in base.iterdir()] == ["1"]
     figures = json.loads((tmp_path / "metrics.json").read_text())
     assert figures["strategy"] == "MultiWorkerMirroredStrategy" and figures["replicas"] == 2
     assert "exported" in outputs[0][1] and "exported" not in outputs[1][1]
@@ -90,4 +90,4 @@ def test_two_workers_train_disjoint_shards_and_the_chief_alone_exports(tmp_path,
         assert "the epoch to resume after differs (worker 0: 1, worker 1: 0)" in line
         assert "one --workdir that all of them reach" in line
         assert "the training settings' fingerprint differs" in line  # --seed
-    assert export.versions(base) == [1]
+    assert list(layout.version_paths(base)) == [1]

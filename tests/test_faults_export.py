@@ -15,7 +15,8 @@ from tensorflow_serving.config import model_server_config_pb2
 
 from conftest import error_lines, run_script, tmpfs
 from fmnist_tf import storage, training
-from fmnist_tf.serving import c_api, check, export, layout
+from fmnist_tf.serving import c_api, check, export, layout, model_config
+from fmnist_tf.serving.signatures import MAX_BATCH, MAX_PNG_BATCH, MAX_PNG_BYTES, MAX_PNG_REQUEST_BYTES, encode_png
 from fmnist_tf.model import build_model
 
 
@@ -88,7 +89,7 @@ def test_non_finite_weights_are_never_exported(tmp_path):
     base = tmp_path / "fm"
     with pytest.raises(export.NonFiniteWeightsError, match=r"^training diverged: the weights .* hold NaN or inf"):
         export.export_saved_model(_nan_model(), base)
-    assert export.versions(base) == []
+    assert layout.version_paths(base) == {}
 
 
 def test_check_serving_fails_a_version_with_non_finite_weights(tmp_path):
@@ -130,7 +131,7 @@ def test_a_full_disk_while_writing_models_config_names_it_and_leaves_no_temporar
     finally:
         os.close(filler)
     with pytest.raises(storage.StorageError) as error:
-        export.write_model_config(config_path, version.parent)
+        model_config.write_model_config(config_path, version.parent)
     message = str(error.value)
     assert "\n" not in message and message.startswith(f"{config_path} cannot be written: No space left on device")
     assert sorted(p.name for p in small_disk.iterdir()) == ["filler", "models.config"]
@@ -158,7 +159,7 @@ def test_a_users_entry_of_the_same_name_is_never_repointed(version, tmp_path):
             '    base_path: "/srv/other/fashion_mnist"\n    model_platform: "tensorflow"\n  }\n}\n'  # fmt: skip
     config_path.write_text(users)
     with pytest.raises(layout.ModelConfigError) as error:
-        export.write_model_config(config_path, version.parent)
+        model_config.write_model_config(config_path, version.parent)
     assert str(error.value) == (
         f"{config_path} already lists model fashion_mnist at /srv/other/fashion_mnist, not at this export's "
         f"{version.parent.resolve()}: rename one of the two folders, or remove that entry"
@@ -166,7 +167,7 @@ def test_a_users_entry_of_the_same_name_is_never_repointed(version, tmp_path):
     assert config_path.read_text() == users
     # A run checks this before it trains.
     with pytest.raises(layout.ModelConfigError, match="already lists model fashion_mnist"):
-        export.read_listable_model_config(config_path, version.parent)
+        model_config.read_listable_model_config(config_path, version.parent)
 
 
 def test_a_config_already_listing_this_export_keeps_the_users_text_byte_for_byte(version, tmp_path):
@@ -174,11 +175,11 @@ def test_a_config_already_listing_this_export_keeps_the_users_text_byte_for_byte
     users = f'# served since May\nmodel_config_list {{ config {{ name: "fashion_mnist" base_path: "{version.parent.resolve()}"' \
             ' model_platform: "tensorflow" } }  # ours\n'  # fmt: skip
     config_path.write_text(users)
-    export.write_model_config(config_path, version.parent)
+    model_config.write_model_config(config_path, version.parent)
     assert config_path.read_text() == users
     other = tmp_path / "other" / "fm_other"
     export.export_saved_model(build_model(), other)
-    export.write_model_config(config_path, other)  # adding an entry rewrites the file in text_format's layout
+    model_config.write_model_config(config_path, other)  # adding an entry rewrites the file in text_format's layout
     config = text_format.Parse(config_path.read_text(), model_server_config_pb2.ModelServerConfig())
     assert [e.name for e in config.model_config_list.config] == ["fashion_mnist", "fm_other"]
 
@@ -204,17 +205,17 @@ def test_a_zlib_bomb_in_a_valid_28x28_png_is_refused_before_it_is_inflated(signa
     assert len(bomb) < 1_200_000
     # Refused by the size node, which runs before any decode (the decode of this one would inflate 1 GiB).
     with pytest.raises(tf.errors.InvalidArgumentError, match=re.escape(f"png_too_large: serving_png takes PNGs of at "
-                       f"most {export.MAX_PNG_BYTES} bytes; refused (index; bytes):] [[0]] [{len(bomb)}]")):  # fmt: skip
+                       f"most {MAX_PNG_BYTES} bytes; refused (index; bytes):] [[0]] [{len(bomb)}]")):  # fmt: skip
         signatures["serving_png"](png_bytes=tf.constant([bomb]))
 
 
 def test_an_honest_png_is_far_under_the_cap_and_a_request_has_a_total_cap(signatures, version):
     image = np.random.default_rng(0).integers(0, 256, (28, 28), dtype=np.uint8)  # noise: the worst to compress
-    assert len(export.encode_png(image)) < export.MAX_PNG_BYTES / 4
-    assert signatures["serving_png"](png_bytes=tf.constant([export.encode_png(image)]))["class_id"].shape == (1,)
-    padded = export.encode_png(image) + b"\0" * (export.MAX_PNG_BYTES - len(export.encode_png(image)))
-    count = export.MAX_PNG_REQUEST_BYTES // export.MAX_PNG_BYTES + 1
-    assert count <= export.MAX_PNG_BATCH
+    assert len(encode_png(image)) < MAX_PNG_BYTES / 4
+    assert signatures["serving_png"](png_bytes=tf.constant([encode_png(image)]))["class_id"].shape == (1,)
+    padded = encode_png(image) + b"\0" * (MAX_PNG_BYTES - len(encode_png(image)))
+    count = MAX_PNG_REQUEST_BYTES // MAX_PNG_BYTES + 1
+    assert count <= MAX_PNG_BATCH
     with pytest.raises(tf.errors.InvalidArgumentError, match="png_request_too_large"):
         signatures["serving_png"](png_bytes=tf.constant([padded] * count))
 
@@ -222,16 +223,16 @@ def test_an_honest_png_is_far_under_the_cap_and_a_request_has_a_total_cap(signat
 @pytest.mark.parametrize(
     "signature, inputs",
     [
-        ("serving_default", {"images": tf.zeros([export.MAX_BATCH + 1, 28, 28], tf.uint8)}),
-        ("serving_normalized", {"pixels": tf.zeros([export.MAX_BATCH + 1, 784])}),
+        ("serving_default", {"images": tf.zeros([MAX_BATCH + 1, 28, 28], tf.uint8)}),
+        ("serving_normalized", {"pixels": tf.zeros([MAX_BATCH + 1, 784])}),
     ],
 )
 def test_every_signature_caps_its_batch(signatures, signature, inputs):
-    expected = f"batch_too_large: {signature} takes at most {export.MAX_BATCH} images a request, got] [{export.MAX_BATCH + 1}]"
+    expected = f"batch_too_large: {signature} takes at most {MAX_BATCH} images a request, got] [{MAX_BATCH + 1}]"
     with pytest.raises(tf.errors.InvalidArgumentError, match=re.escape(expected)):
         signatures[signature](**inputs)
-    at_cap = {name: value[: export.MAX_BATCH] for name, value in inputs.items()}
-    assert signatures[signature](**at_cap)["class_id"].shape == (export.MAX_BATCH,)
+    at_cap = {name: value[: MAX_BATCH] for name, value in inputs.items()}
+    assert signatures[signature](**at_cap)["class_id"].shape == (MAX_BATCH,)
 
 
 @pytest.mark.parametrize(

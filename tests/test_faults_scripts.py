@@ -5,7 +5,7 @@ in one line, a read-only workdir."""
 import pytest
 
 from conftest import error_lines, run_script, tmpfs
-from fmnist_tf.serving import export
+from fmnist_tf.serving import export, layout
 from fmnist_tf.training.workdir import Workdir, WorkdirError
 from fmnist_tf.model import build_model
 
@@ -20,7 +20,7 @@ def test_a_bad_metrics_json_stops_train_before_any_work(tmp_path, where):
     (line,) = error_lines(done)
     assert line.startswith(f"error: --metrics_json {where} "), line
     assert ("is a folder: name a file" if where == "folder" else "cannot be written: ") in line
-    assert export.versions(tmp_path / "fm") == [] and not list(tmp_path.glob("**/*.tmp-*"))
+    assert layout.version_paths(tmp_path / "fm") == {} and not list(tmp_path.glob("**/*.tmp-*"))
 
 
 def test_a_bad_metrics_json_stops_export_lite_before_the_conversion(tmp_path):

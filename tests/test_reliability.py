@@ -18,7 +18,7 @@ import tensorflow as tf
 
 from conftest import REPO, error_lines, run_script, script_command, wait_for, write_idx
 from fmnist_tf import data, training
-from fmnist_tf.serving import export
+from fmnist_tf.serving import export, layout
 
 
 def _variables(version_dir):
@@ -44,7 +44,7 @@ def test_training_killed_mid_epoch_resumes_to_the_same_weights_and_metrics(tmp_p
     proc.send_signal(signal.SIGKILL)
     proc.communicate()
     assert proc.returncode == -signal.SIGKILL
-    assert export.versions(tmp_path / "a") == []
+    assert layout.version_paths(tmp_path / "a") == {}
     assert (workdir / "lock.json").exists()  # the killed run's lock, which must not block the restart
 
     resumed = run_script("train.py", *args)
@@ -69,7 +69,7 @@ def test_training_killed_mid_epoch_resumes_to_the_same_weights_and_metrics(tmp_p
     again = run_script("train.py", *args, "--verbosity=0")
     assert again.returncode == 0, again.stderr[-3000:]
     assert f"nothing new to export: this run exported {tmp_path / 'a' / '1'} before" in again.stdout
-    assert "Epoch " not in again.stdout and export.versions(tmp_path / "a") == [1]
+    assert "Epoch " not in again.stdout and list(layout.version_paths(tmp_path / "a")) == [1]
     assert "could not be found" not in again.stderr and "save_counter" not in again.stderr
 
     other = run_script("train.py", *[a for a in args if a != "--batch_size=32"], "--batch_size=64")
@@ -115,7 +115,7 @@ def test_export_killed_midway_leaves_no_version_and_the_next_export_cleans_up(tm
     assert died.returncode == -signal.SIGKILL
     leftovers = [p.name for p in base.iterdir() if p.name != "1"]
     assert len(leftovers) == 1 and leftovers[0].startswith(export.TMP_PREFIX)  # a SavedModel half written
-    assert export.versions(base) == [1] and export.latest_version_path(base) == first
+    assert layout.version_paths(base) == {1: first}
     assert _digest(first) == before
     second = export.export_saved_model(build_model(), base)
     assert second == base / "2" and sorted(p.name for p in base.iterdir()) == ["1", "2"]
@@ -151,8 +151,8 @@ def test_concurrent_exports_get_distinct_complete_versions(tmp_path):
     paths = [p for proc in procs for p in proc.communicate(timeout=300)[0].split()]
     assert all(proc.returncode == 0 for proc in procs)
     assert sorted(paths) == sorted(str(base / str(v)) for v in range(1, 7))
-    assert export.versions(base) == [1, 2, 3, 4, 5, 6]
-    for version in export.versions(base):
+    assert list(layout.version_paths(base)) == [1, 2, 3, 4, 5, 6]
+    for version in layout.version_paths(base):
         assert (base / str(version) / "saved_model.pb").is_file()
         assert (base / str(version) / "variables" / "variables.index").is_file()
 
@@ -213,7 +213,7 @@ def test_bad_data_files_are_named_and_nothing_is_exported(raw_copy, tmp_path, so
         training.run(config)
     message = str(error.value)
     assert "\n" not in message and name in message and problem in message, message
-    assert export.versions(base) == []
+    assert layout.version_paths(base) == {}
 
 
 @pytest.mark.slow
@@ -228,7 +228,7 @@ def test_a_bad_data_file_stops_the_script_with_one_line(raw_copy, tmp_path, sour
     (line,) = error_lines(done)
     assert line.startswith("error: ") and name in line and problem in line, line
     assert "Traceback" not in done.stderr
-    assert not (tmp_path / "models" / "fashion_mnist").exists() or export.versions(tmp_path / "models" / "fashion_mnist") == []
+    assert not (tmp_path / "models" / "fashion_mnist").exists() or layout.version_paths(tmp_path / "models" / "fashion_mnist") == {}
 
 
 @pytest.mark.slow

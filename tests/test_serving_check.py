@@ -19,7 +19,7 @@ import tensorflow as tf
 from conftest import REPO, error_lines
 
 from fmnist_tf import configs, data, training
-from fmnist_tf.serving import c_api, check, export, layout
+from fmnist_tf.serving import c_api, check, export, layout, model_config, signatures
 from fmnist_tf.model import build_model, make_optimizer
 
 KINDS = ("softmax", "mlp", "cnn")
@@ -82,7 +82,7 @@ def _train_and_export(kind, models_dir, arrays):
     version = export.export_saved_model(
         model, base, warmup_images=test_images[:4], provenance=export.training_provenance(config, figures)
     )
-    export.write_model_config(models_dir / export.MODEL_CONFIG_FILE, base)
+    model_config.write_model_config(models_dir / layout.MODEL_CONFIG_FILE, base)
     return Exported(kind, base, version, probabilities, figures)
 
 
@@ -114,7 +114,7 @@ def test_the_cpp_loader_runs_serving_default_by_tensor_names_like_the_keras_mode
         (input_info,) = signature.inputs.values()
         names = {alias: info.name for alias, info in signature.outputs.items()}
         aliases = sorted(names)
-        # 1,000 a request: the signatures refuse more than export.MAX_BATCH.
+        # 1,000 a request: the signatures refuse more than MAX_BATCH (signatures.py).
         parts = [saved_model.run({input_info.name: tf.make_tensor_proto(images[i : i + 1000])}, [names[a] for a in aliases])
                  for i in range(0, len(images), 1000)]  # fmt: skip
         outputs = {alias: np.concatenate([part[k] for part in parts]) for k, alias in enumerate(aliases)}
@@ -129,7 +129,7 @@ def test_every_warmup_record_replays_in_the_cpp_loader(exported, arrays):
     from tensorflow_serving.apis import prediction_log_pb2
 
     expected = exported.probabilities[:4].argmax(axis=1)
-    path = exported.version / export.WARMUP_FILE
+    path = exported.version / layout.WARMUP_FILE
     records = [prediction_log_pb2.PredictionLog.FromString(r) for r in tf.data.TFRecordDataset(str(path)).as_numpy_iterator()]
     with c_api.CSavedModel(exported.version) as saved_model:
         assert check.replay_warmup(saved_model, exported.version) == len(records) == 3
@@ -145,10 +145,10 @@ def test_the_check_passes_and_models_config_lists_each_kind_side_by_side(softmax
     assert [c.name for c in checks if not c.ok] == []
     names = [c.name for c in checks]
     assert names[0] == "C++ loader" and {"warmup", "test accuracy", "readable by other users", "models.config"} <= set(names)
-    assert [n for n in names if n.startswith("signature ")] == [f"signature {s}" for s in sorted(export.SIGNATURE_INPUTS)]
+    assert [n for n in names if n.startswith("signature ")] == [f"signature {s}" for s in sorted(signatures.SIGNATURE_INPUTS)]
     assert provenance["model"] == "softmax" and provenance["figures"] == softmax_export.figures
     assert provenance["data_sha256"] == data.registered_checksums()
-    config = layout.read_model_config(models_dir / export.MODEL_CONFIG_FILE)
+    config = layout.read_model_config(models_dir / layout.MODEL_CONFIG_FILE)
     listed = {e.name: e.base_path for e in config.model_config_list.config}
     exports = (softmax_export, mlp_export, cnn_export)
     assert listed == {e.base.name: str(e.base.resolve()) for e in exports}
@@ -169,7 +169,7 @@ def softmax_copy(softmax_export, outside):
     """A copy of the softmax export (version 1) with its own models.config, to damage."""
     base = _traversable_dir(outside) / "fashion_mnist"
     shutil.copytree(softmax_export.version, base / "1")
-    export.write_model_config(base.parent / export.MODEL_CONFIG_FILE, base)
+    model_config.write_model_config(base.parent / layout.MODEL_CONFIG_FILE, base)
     return base
 
 
@@ -181,8 +181,8 @@ def _failed(base):
 def test_the_check_names_each_problem(softmax_copy):
     version = softmax_copy / "1"
     (version / "variables" / "variables.index").chmod(0o600)
-    (softmax_copy.parent / export.MODEL_CONFIG_FILE).write_text('model_config_list { config { name: "x" base_path: "/nowhere" } }')
-    with open(version / export.WARMUP_FILE, "ab") as f:
+    (softmax_copy.parent / layout.MODEL_CONFIG_FILE).write_text('model_config_list { config { name: "x" base_path: "/nowhere" } }')
+    with open(version / layout.WARMUP_FILE, "ab") as f:
         f.write(b"\x00" * 20)  # a truncated extra record
     failed = _failed(softmax_copy)
     assert set(failed) == {"readable by other users", "models.config", "warmup"}

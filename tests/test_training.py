@@ -9,7 +9,7 @@ import pytest
 import tensorflow as tf
 
 from fmnist_tf import data, evaluation, training
-from fmnist_tf.serving import export, layout
+from fmnist_tf.serving import layout
 
 
 def _config(tmp_path, **overrides):
@@ -93,7 +93,7 @@ def test_bad_config_is_rejected_before_any_work(tmp_path, field, value, message)
     config = _config(tmp_path, **{field: value})
     with pytest.raises(ValueError, match=message):
         training.run(config)
-    assert export.versions(tmp_path / "fashion_mnist") == []
+    assert layout.version_paths(tmp_path / "fashion_mnist") == {}
 
 
 @pytest.mark.parametrize(
@@ -105,13 +105,13 @@ def test_bad_config_is_rejected_before_any_work(tmp_path, field, value, message)
 )
 def test_a_models_config_the_export_could_not_update_stops_the_run_before_any_work(tmp_path, text, message):
     config = _config(tmp_path, workdir=str(tmp_path / "work"))
-    path = tmp_path / export.MODEL_CONFIG_FILE
+    path = tmp_path / layout.MODEL_CONFIG_FILE
     path.write_text(text)
     with pytest.raises(layout.ModelConfigError, match=f"{re.escape(str(path))}.*{message}"):
         training.run(config)
     assert path.read_text() == text
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["fashion_mnist", export.MODEL_CONFIG_FILE]
-    assert export.versions(tmp_path / "fashion_mnist") == []
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["fashion_mnist", layout.MODEL_CONFIG_FILE]
+    assert layout.version_paths(tmp_path / "fashion_mnist") == {}
 
 
 def _scalars(event_dir):

@@ -22,11 +22,12 @@ import tensorflow as tf
 from ai_edge_litert.interpreter import Interpreter
 
 from fmnist_tf import data, evaluation, storage
-from fmnist_tf.serving import export, layout
+from fmnist_tf.serving import layout
+from fmnist_tf.serving.signatures import SERVING_DEFAULT, SIGNATURE_INPUTS
 
 MODEL_FILES = {"float32": "model_float32.tflite", "int8": "model_int8.tflite"}
 LABELS_FILE = "labels.txt"
-INPUT_NAME = export.SIGNATURE_INPUTS[export.SERVING_DEFAULT]
+INPUT_NAME = SIGNATURE_INPUTS[SERVING_DEFAULT]
 LITE_OUTPUT = "probabilities"  # a LiteRT model's serving_default returns only these (names: labels.txt)
 # Calibration sample: 500 images gave the same int8 accuracy as more here, and calibration runs them one by one.
 REPRESENTATIVE_EXAMPLES = 500
@@ -43,20 +44,19 @@ def load_lite_model(path):
     except (ValueError, RuntimeError) as e:
         raise layout.ModelDirError(f"{path}: not a LiteRT model: {str(e).strip().splitlines()[0]}") from e
     signatures = interpreter.get_signature_list()
-    expected = {"inputs": [export.SIGNATURE_INPUTS[export.SERVING_DEFAULT]], "outputs": [LITE_OUTPUT]}
-    if signatures.get(export.SERVING_DEFAULT) != expected:
+    expected = {"inputs": [INPUT_NAME], "outputs": [LITE_OUTPUT]}
+    if signatures.get(SERVING_DEFAULT) != expected:
         raise layout.ModelDirError(
-            f"{path}: expected a {export.SERVING_DEFAULT} signature {expected}, found {signatures or 'none'}"
+            f"{path}: expected a {SERVING_DEFAULT} signature {expected}, found {signatures or 'none'}"
         )
-    return interpreter.get_signature_runner(export.SERVING_DEFAULT)
+    return interpreter.get_signature_runner(SERVING_DEFAULT)
 
 
 def predict_lite_classes(runner, images, batch_size=1_000):
     """The argmax class of the LiteRT signature ``runner``'s probabilities for each uint8 [n, 28, 28] image."""
-    input_name = export.SIGNATURE_INPUTS[export.SERVING_DEFAULT]
     # The runner resizes its input to each batch (the last may be shorter).
     batches = (
-        np.argmax(runner(**{input_name: images[start : start + batch_size]})[LITE_OUTPUT], axis=-1)
+        np.argmax(runner(**{INPUT_NAME: images[start : start + batch_size]})[LITE_OUTPUT], axis=-1)
         for start in range(0, len(images), batch_size)
     )
     return np.concatenate(list(batches)).astype(np.int64)
@@ -73,7 +73,7 @@ class _ProbabilitiesOnly(tf.Module):
         super().__init__()
         # Kept as an attribute so the SavedModel's variables are tracked and saved with this wrapper.
         self.saved_model = tf.saved_model.load(str(version_dir))
-        self._serve = self.saved_model.signatures[export.SERVING_DEFAULT]
+        self._serve = self.saved_model.signatures[SERVING_DEFAULT]
 
     @tf.function(input_signature=[tf.TensorSpec([None, *data.IMAGE_SHAPE], tf.uint8, name=INPUT_NAME)])
     def probabilities(self, images):
@@ -103,7 +103,7 @@ def convert(version_dir, representative):
     module = _ProbabilitiesOnly(version_dir)
     with tempfile.TemporaryDirectory() as tmp:
         # Saved again, cut to the probabilities, so the converter sees one named signature to keep.
-        tf.saved_model.save(module, tmp, signatures={export.SERVING_DEFAULT: module.probabilities})
+        tf.saved_model.save(module, tmp, signatures={SERVING_DEFAULT: module.probabilities})
         models = {"float32": tf.lite.TFLiteConverter.from_saved_model(tmp).convert()}
         converter = tf.lite.TFLiteConverter.from_saved_model(tmp)
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
