@@ -8,6 +8,7 @@ and runs it by the tensor names in the signatures, with no tf.saved_model.load.
 import dataclasses
 import json
 import pathlib
+import re
 import shutil
 import subprocess
 import sys
@@ -202,6 +203,13 @@ def test_a_highest_version_that_is_not_a_saved_model_stops_the_check(softmax_cop
     (softmax_copy / "2").write_text("")  # TF Serving takes a file named 2 for version 2 too
     with pytest.raises(layout.ServingCheckError, match="serve version 2 .* holds no saved_model.pb"):
         check.run_checks(softmax_copy)
+
+
+def test_a_damaged_test_file_is_named(raw_copy):
+    images = raw_copy / data.RAW_FILES["test"][0]
+    images.write_bytes(images.read_bytes()[:-100])  # truncated: gzip's size field no longer matches
+    with pytest.raises(layout.ServingCheckError, match=re.escape(f"cannot read the test files in {raw_copy}: {images}: ")):
+        check.read_test_set(raw_copy)
 
 
 def test_check_serving_script_exits_non_zero_with_the_reason(softmax_copy):

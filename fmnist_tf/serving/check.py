@@ -25,7 +25,7 @@ from tensorflow.core.framework import types_pb2
 from tensorflow_serving.apis import prediction_log_pb2
 
 from fmnist_tf import storage
-from fmnist_tf.data.files import DEFAULT_RAW_DIR, IMAGE_SHAPE, RAW_FILES
+from fmnist_tf.data import files
 from fmnist_tf.serving.c_api import CSavedModel
 from fmnist_tf.serving.layout import (
     DEFAULT_SIGNATURE,
@@ -157,19 +157,16 @@ def model_config_problems(config_path, base_path):
 
 def read_test_set(raw_dir):
     """(uint8 [10000, 28, 28] images, int64 labels) from the IDX .gz files in ``raw_dir``, with gzip and NumPy."""
-    images_path, labels_path = (pathlib.Path(raw_dir) / name for name in RAW_FILES["test"])
+    paths = [pathlib.Path(raw_dir) / name for name in files.RAW_FILES["test"]]
     try:
-        images, labels = gzip.open(images_path).read(), gzip.open(labels_path).read()
-    except (OSError, EOFError) as e:
+        counts = [files.read_idx_header(path, kind) for path, kind in zip(paths, ("images", "labels"))]
+        images, labels = (gzip.open(path).read() for path in paths)
+    except (files.DataError, OSError, EOFError) as e:
         raise ServingCheckError(f"cannot read the test files in {raw_dir}: {e}") from e
-    count = int.from_bytes(images[4:8], "big")
-    if (images[:4], labels[:4]) != (b"\0\0\x08\x03", b"\0\0\x08\x01") or len(images) != 16 + count * 784 or (
-        len(labels) != 8 + count
-    ):
-        raise ServingCheckError(f"{images_path} and {labels_path} are not matching IDX image and label files")
-    return np.frombuffer(images, np.uint8, offset=16).reshape(count, *IMAGE_SHAPE), np.frombuffer(
-        labels, np.uint8, offset=8
-    ).astype(np.int64)
+    if counts[0] != counts[1]:
+        raise ServingCheckError(f"{paths[0]} holds {counts[0]} images but {paths[1]} {counts[1]} labels")
+    images = np.frombuffer(images, np.uint8, offset=files.IMAGES_HEADER_BYTES).reshape(counts[0], *files.IMAGE_SHAPE)
+    return images, np.frombuffer(labels, np.uint8, offset=files.LABELS_HEADER_BYTES).astype(np.int64)
 
 
 def _describe(infos):
@@ -210,11 +207,10 @@ def accuracy_check(saved_model, raw_dir, provenance):
     if info.dtype != types_pb2.DT_UINT8:
         return Check("test accuracy", False, f"{DEFAULT_SIGNATURE} input {alias} is not uint8 images")
     began = time.perf_counter()
-    requests = (
+    parts = [
         saved_model.predict(predict_request(DEFAULT_SIGNATURE, {alias: images[start : start + REQUEST_BATCH]}))
         for start in range(0, len(images), REQUEST_BATCH)
-    )
-    parts = list(requests)
+    ]
     seconds = time.perf_counter() - began
     outputs = {key: np.concatenate([part[key] for part in parts]) for key in parts[0]}
     if not {"class_id", "probabilities"} & set(outputs):
@@ -249,7 +245,7 @@ def finite_weights_check(version_dir):
     return Check("finite weights", True, f"all {len(names)} floating-point variables finite")
 
 
-def run_checks(model_dir, raw_dir=DEFAULT_RAW_DIR):
+def run_checks(model_dir, raw_dir=files.DEFAULT_RAW_DIR):
     """Every pre-flight check of the export at ``model_dir`` (base path or version): (list of Check, provenance).
 
     Raises ServingCheckError only when ``model_dir`` is not an export at all.
