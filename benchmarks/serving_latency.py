@@ -6,7 +6,7 @@ import tempfile
 import tensorflow as tf
 
 from fmnist_tf import data
-from fmnist_tf.serving import export, lite
+from fmnist_tf.serving import export, lite, signatures
 
 from timing import latencies_ms
 
@@ -16,9 +16,9 @@ def bench_serving(model, test_images):
     with tempfile.TemporaryDirectory() as tmp:
         path = export.export_saved_model(model, f"{tmp}/fashion_mnist")
         serve = tf.saved_model.load(str(path)).signatures["serving_default"]
-        one, batch, everything = (tf.constant(test_images[:n]) for n in (1, export.MAX_BATCH, len(test_images)))
-        # A request takes at most export.MAX_BATCH images: the whole test set goes as a client sends it, in parts.
-        parts = [everything[i : i + export.MAX_BATCH] for i in range(0, len(test_images), export.MAX_BATCH)]
+        one, batch, everything = (tf.constant(test_images[:n]) for n in (1, signatures.MAX_BATCH, len(test_images)))
+        # A request takes at most signatures.MAX_BATCH images: the whole test set goes as a client sends it, in parts.
+        parts = [everything[i : i + signatures.MAX_BATCH] for i in range(0, len(test_images), signatures.MAX_BATCH)]
         p50, p99 = latencies_ms(lambda: serve(images=one), calls=500)
         batch_ms, _ = latencies_ms(lambda: serve(images=batch), calls=30, warmup=3)
         all_ms, _ = latencies_ms(lambda: [serve(images=part) for part in parts], calls=10, warmup=2)

@@ -88,7 +88,7 @@ def check_out_dir(out_dir):
         raise OutDirError(f"out dir {out_dir} cannot be written: {e.strerror or e}") from e
 
 
-def representative_images(train_images, count=REPRESENTATIVE_EXAMPLES, seed=0):
+def representative_images(train_images, count=REPRESENTATIVE_EXAMPLES, seed=42):
     """A seeded sample of ``count`` of the uint8 ``train_images``, in their order: the int8 calibration set."""
     rng = np.random.default_rng(seed)
     return train_images[np.sort(rng.choice(len(train_images), size=count, replace=False))]
@@ -159,7 +159,7 @@ def measure(path, images, labels, reference):
     }
 
 
-def export_lite(model_dir, out_dir, source="tfds", raw_dir=data.DEFAULT_RAW_DIR, tfds_dir=None, seed=0,
+def export_lite(model_dir, out_dir, source="tfds", raw_dir=data.DEFAULT_RAW_DIR, tfds_dir=None, seed=42,
                 representative_count=REPRESENTATIVE_EXAMPLES):  # fmt: skip
     """Convert the export at ``model_dir`` (a version folder or a base path) to LiteRT and measure both models.
 

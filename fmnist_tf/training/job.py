@@ -11,7 +11,7 @@ import time
 
 from fmnist_tf import configs, data, storage
 from fmnist_tf.model import build_model, make_optimizer
-from fmnist_tf.serving import export
+from fmnist_tf.serving import export, layout, model_config
 from fmnist_tf.training.distribute import choose_strategy, configure_threads, is_chief, strategy_devices, strategy_name
 from fmnist_tf.training.loop import make_deterministic, make_evaluator, train
 from fmnist_tf.training.workdir import Workdir
@@ -83,7 +83,7 @@ class Config:
             storage.check_glob_free(self.workdir, "workdir")
         if self.export_dir:
             export.check_writable(self.export_dir)
-            export.read_listable_model_config(export.model_config_path(self.export_dir), self.export_dir)
+            model_config.read_listable_model_config(layout.model_config_path(self.export_dir), self.export_dir)
 
 
 def run(config, datasets=None, strategy=None):
@@ -178,7 +178,7 @@ def _export(model, export_dir, warmup_images, chief, provenance):
     """Export a version from the chief; other workers export to a scratch folder and delete it."""
     if chief:
         path = export.export_saved_model(model, export_dir, warmup_images=warmup_images, provenance=provenance)
-        export.write_model_config(export.model_config_path(export_dir), export_dir)
+        model_config.write_model_config(layout.model_config_path(export_dir), export_dir)
         return str(path)
     scratch = tempfile.mkdtemp(prefix="fmnist-worker-export-")
     try:
