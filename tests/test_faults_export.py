@@ -100,6 +100,7 @@ def test_check_serving_fails_a_version_with_non_finite_weights(tmp_path):
     (finite,) = [line for line in done.stdout.splitlines() if "finite weights" in line]
     assert finite.startswith("FAIL  finite weights: ") and "variables hold NaN or inf" in finite, finite
     assert "finite weights" in error_lines(done)[-1]
+    assert done.stderr.splitlines() == error_lines(done)[-1:]  # the one line: no C++ log line of the loader
 
 
 def test_check_serving_passes_finite_weights(version):

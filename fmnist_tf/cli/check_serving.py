@@ -26,7 +26,8 @@ FLAGS = flags.FLAGS
 def main(argv):
     from fmnist_tf.serving import check, layout
 
-    checks, provenance = check.run_checks(FLAGS.model_dir, FLAGS.raw_dir)
+    with common.cpp_logs_held_back():
+        checks, provenance = check.run_checks(FLAGS.model_dir, FLAGS.raw_dir)
     for line in checks:
         print(line)
     if provenance is None:

@@ -94,6 +94,14 @@ def lite_output_held_back():
     return contextlib.nullcontext() if logs_requested() else startup.held_back_stderr(startup.LITE_NOISE)
 
 
+def cpp_logs_held_back():
+    """A block whose C++ log lines below TF_CPP_MIN_LOG_LEVEL are dropped from stderr, unless --verbosity asks for
+    logs: a library loaded through TF's C API logs before its own absl logging is set up, as TF's start does."""
+    if logs_requested():
+        return contextlib.nullcontext()
+    return startup.held_back_stderr(startup.startup_noise(startup.min_log_level()))
+
+
 def parse_flags(argv):
     """absl's flag parsing with a bad value or a stray argument reported in one line (absl's default adds a
     second); TF and TFDS log only warnings and errors unless --verbosity asks for more."""
