@@ -25,9 +25,9 @@ LITE_SUFFIX = ".tflite"
 
 
 def load_serving_default(model_dir):
-    """(version folder, its serving_default signature), loaded as TF Serving loads it; ``model_dir`` is a version
-    folder or a base path (``layout.resolve_export``)."""
-    _, _, version = layout.resolve_export(model_dir)
+    """(SavedModel folder, its serving_default signature), loaded as TF Serving loads it; ``model_dir`` is a
+    SavedModel folder or a base path (``layout.saved_model_folder``)."""
+    version = layout.saved_model_folder(model_dir)
     try:
         loaded = tf.saved_model.load(str(version))
     except (OSError, ValueError, tf.errors.OpError) as e:

@@ -98,6 +98,15 @@ def test_a_base_path_resolves_to_its_highest_integer_version(exported, tmp_path)
     assert layout.resolve_export(tmp_path / "2") == (tmp_path, 2, tmp_path / "2")
 
 
+def test_a_savedmodel_outside_a_version_folder_is_scored_as_any_tf_code_would_load_it(exported, tmp_path):
+    _, version, _ = exported
+    plain = shutil.copytree(version, tmp_path / "my_model")  # tf.saved_model.save's folder: no version number
+    loaded, signature = evaluation.load_serving_default(plain)
+    assert loaded == plain and "class_id" in signature.structured_outputs
+    with pytest.raises(layout.ModelDirError, match="not a version folder"):
+        layout.resolve_export(plain)  # TF Serving would not serve it: the serving check says so
+
+
 def test_a_path_without_a_saved_model_is_a_clear_error(exported, tmp_path):
     _, version, _ = exported
     not_a_model = tmp_path / "not_a_model"

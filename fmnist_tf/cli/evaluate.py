@@ -86,7 +86,7 @@ def default_out_dir(model_path):
 
     path = pathlib.Path(model_path)
     if not path.is_file():
-        _, _, version = layout.resolve_export(model_path)
+        version = layout.saved_model_folder(model_path)
         path = pathlib.Path(version)  # a URL's too: only its last two names are used
     return os.path.join(REPORTS_DIR, path.resolve().parent.name, path.stem)
 

@@ -158,6 +158,16 @@ def resolve_export(model_dir):
     return path, number, version_dir
 
 
+def saved_model_folder(model_dir):
+    """The SavedModel a client that loads it directly (``tf.saved_model.load``) takes for ``model_dir``: the folder
+    itself when it holds one, in a version folder or not, else the version TF Serving would serve from it
+    (``resolve_export``, whose ModelDirError says what was expected)."""
+    storage.check_glob_free(model_dir, "model dir")
+    if is_saved_model(model_dir):
+        return str(model_dir).rstrip("/") if storage.is_url(model_dir) else pathlib.Path(model_dir)
+    return resolve_export(model_dir)[2]
+
+
 def model_config_path(base_path):
     """Where fmnist_tf lists ``base_path`` for TF Serving: ``models.config`` beside the base path."""
     return os.path.join(os.path.dirname(str(base_path).rstrip("/")), MODEL_CONFIG_FILE)
