@@ -83,38 +83,30 @@ def ensure_writable_dir(path):
 
 
 def replace_file(path, content):
-    """Replace the local file ``path`` with ``content`` (bytes or str) in one step; return ``path``.
+    """Replace the file ``path`` (local, or a URL) with ``content`` (bytes or str) so that a reader sees the old
+    file or the new, never a part; return ``path``. StorageError naming it when it cannot be written.
 
-    Written beside it under a name of its own (exclusive create), then renamed over it: a reader sees the
-    old file or the new, never a part, and the new file gets open()'s mode under the umask.
+    Written beside it under a name of its own, then renamed over it. Locally the temporary is created exclusively
+    and gets open()'s mode under the umask, and the rename is rename(2); on an object store TF's rename is a copy
+    and a delete, and an object appears whole once its upload completes. A failure (a full disk) leaves no
+    temporary behind and the old file as it was.
     """
-    path = pathlib.Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}-{secrets.token_hex(4)}")
+    local = is_local(path)
+    tmp = f"{local_path(path) if local else path}.tmp-{os.getpid()}-{secrets.token_hex(4)}"
+    mode = "b" if isinstance(content, bytes) else ""
     try:
-        with open(tmp, "xb" if isinstance(content, bytes) else "x") as f:
-            f.write(content)
-        os.replace(tmp, path)
-    except OSError as e:
-        tmp.unlink(missing_ok=True)  # a full disk leaves no empty temporary behind
-        raise StorageError(f"{path} cannot be written: {reason(e)}; it is unchanged: free space or fix the folder") from e
-    return path
-
-
-def write_text(path, text):
-    """Write ``text`` to ``path`` so that a reader sees the old content or the new, never a part.
-
-    Written beside it under another name, then renamed over it: rename(2) locally; on an object store
-    TF's rename is a copy and a delete, and an object appears whole once its upload completes.
-    """
-    tmp = f"{path}.tmp-{os.getpid()}"
-    try:
-        with gfile.GFile(tmp, "w") as f:
-            f.write(text)
-        gfile.rename(tmp, path, overwrite=True)
+        if local:
+            with open(tmp, "x" + mode) as f:
+                f.write(content)
+            os.replace(tmp, local_path(path))
+        else:
+            with gfile.GFile(tmp, "w" + mode) as f:
+                f.write(content)
+            gfile.rename(tmp, str(path), overwrite=True)
     except (OSError, tf.errors.OpError) as e:
-        with contextlib.suppress(tf.errors.OpError):
+        with contextlib.suppress(OSError, tf.errors.OpError):
             gfile.remove(tmp)
-        raise StorageError(f"{path} cannot be written: {reason(e)}; free space or fix the folder") from e
+        raise StorageError(f"{path} cannot be written: {reason(e)}; it is unchanged: free space or fix the folder") from e
     return path
 
 
@@ -143,8 +135,8 @@ def read_text(path):
 
 
 def write_json(path, value):
-    """``value`` as indented JSON at ``path`` (``write_text``: never seen half-written)."""
-    return write_text(path, json.dumps(value, indent=2) + "\n")
+    """``value`` as indented JSON at ``path`` (``replace_file``: never seen half-written)."""
+    return replace_file(path, json.dumps(value, indent=2) + "\n")
 
 
 def read_json(path):

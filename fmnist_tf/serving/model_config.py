@@ -85,8 +85,7 @@ def write_model_config(config_path, base_path, model_name=None):
         if entry is None or entry.model_platform != "tensorflow":
             entry = entry or config.model_config_list.config.add(name=model_name, base_path=str(base_path))
             entry.model_platform = "tensorflow"
-            write = storage.replace_file if local else storage.write_text
-            write(config_path, text_format.MessageToString(config))
+            storage.replace_file(config_path, text_format.MessageToString(config))
     finally:
         if lock is not None:
             os.close(lock)

@@ -170,7 +170,7 @@ class Workdir:
         if not storage.is_local(self.path):
             if tf.io.gfile.exists(self.lock_file):
                 return False
-            storage.write_text(self.lock_file, text)
+            storage.replace_file(self.lock_file, text)
             return True
         fd, tmp = tempfile.mkstemp(prefix=".lock-", dir=storage.local_path(self.path))
         try:
