@@ -42,12 +42,11 @@ def load_serving_default(model_dir):
     return version, signatures[SERVING_DEFAULT]
 
 
-def predict_classes(signature, images, batch_size=1_000):
+def predict_classes(signature, images):
     """The class_id the serving_default ``signature`` returns for each of the uint8 [n, 28, 28] ``images``."""
     input_name = SIGNATURE_INPUTS[SERVING_DEFAULT]
     batches = (
-        signature(**{input_name: tf.constant(images[start : start + batch_size])})["class_id"].numpy()
-        for start in range(0, len(images), batch_size)
+        signature(**{input_name: tf.constant(batch)})["class_id"].numpy() for batch in layout.request_batches(images)
     )
     return np.concatenate(list(batches)).astype(np.int64)
 

@@ -40,6 +40,7 @@ from fmnist_tf.serving.layout import (
     predict_request,
     read_model_config,
     read_provenance,
+    request_batches,
     resolve_export,
     version_paths,
 )
@@ -47,9 +48,6 @@ from fmnist_tf.serving.layout import (
 # A version's test accuracy through serving_default may differ from the training run's figure by a few
 # near-tied images (separately compiled graphs); more than this many in 10,000 means another model.
 ACCURACY_TOLERANCE = 0.002
-# Images per request of the accuracy check: fmnist_tf's signatures refuse more than 1,024 a request.
-REQUEST_BATCH = 1000
-
 
 def replay_warmup(saved_model, version_dir):
     """Run every warmup record of ``version_dir`` on ``saved_model`` as TF Serving does at load; return the count.
@@ -207,10 +205,7 @@ def accuracy_check(saved_model, raw_dir, provenance):
     if info.dtype != types_pb2.DT_UINT8:
         return Check("test accuracy", False, f"{DEFAULT_SIGNATURE} input {alias} is not uint8 images")
     began = time.perf_counter()
-    parts = [
-        saved_model.predict(predict_request(DEFAULT_SIGNATURE, {alias: images[start : start + REQUEST_BATCH]}))
-        for start in range(0, len(images), REQUEST_BATCH)
-    ]
+    parts = [saved_model.predict(predict_request(DEFAULT_SIGNATURE, {alias: batch})) for batch in request_batches(images)]
     seconds = time.perf_counter() - began
     outputs = {key: np.concatenate([part[key] for part in parts]) for key in parts[0]}
     if not {"class_id", "probabilities"} & set(outputs):

@@ -39,6 +39,16 @@ SAVED_MODEL_FILES = ("saved_model.pb", "saved_model.pbtxt")
 VARIABLES_PREFIX = os.path.join("variables", "variables")
 
 
+# Images a request of this package's clients carries (evaluation, LiteRT scoring, the check): under the
+# signatures' cap on a batch, as a client of TF Serving must stay.
+REQUEST_IMAGES = 1000
+
+
+def request_batches(images, size=REQUEST_IMAGES):
+    """``images`` in consecutive slices of at most ``size``, as a client sends them in requests."""
+    return (images[start : start + size] for start in range(0, len(images), size))
+
+
 class ServingCheckError(ValueError):
     """An export or its models.config cannot be checked (missing, unreadable, not what TF Serving reads)."""
 

@@ -52,12 +52,11 @@ def load_lite_model(path):
     return interpreter.get_signature_runner(SERVING_DEFAULT)
 
 
-def predict_lite_classes(runner, images, batch_size=1_000):
+def predict_lite_classes(runner, images):
     """The argmax class of the LiteRT signature ``runner``'s probabilities for each uint8 [n, 28, 28] image."""
     # The runner resizes its input to each batch (the last may be shorter).
     batches = (
-        np.argmax(runner(**{INPUT_NAME: images[start : start + batch_size]})[LITE_OUTPUT], axis=-1)
-        for start in range(0, len(images), batch_size)
+        np.argmax(runner(**{INPUT_NAME: batch})[LITE_OUTPUT], axis=-1) for batch in layout.request_batches(images)
     )
     return np.concatenate(list(batches)).astype(np.int64)
 
