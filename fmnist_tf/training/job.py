@@ -92,7 +92,7 @@ def run(config, datasets=None, strategy=None):
     ``datasets`` (dict of train/validation/test Datasets of raw examples or blocks of them, ``data.as_examples``)
     and ``strategy`` replace the defaults, for tests and for callers with their own data or cluster; the
     datasets are streamed through the same pipeline, never held in memory. With ``config.workdir``, the workdir's
-    recorded settings are checked and its lock taken before any data is read (``checkpoints.Workdir``).
+    recorded settings are checked and its lock taken before any data is read (``workdir.Workdir``).
     """
     start = time.perf_counter()
     config.validate()
