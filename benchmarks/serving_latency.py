@@ -6,7 +6,7 @@ import tempfile
 import tensorflow as tf
 
 from fmnist_tf import data
-from fmnist_tf.serving import export, lite, signatures
+from fmnist_tf.serving import export, layout, lite, signatures
 
 from timing import latencies_ms
 
@@ -15,10 +15,10 @@ def bench_serving(model, test_images):
     """serving_default of the exported SavedModel against model.predict, same inputs."""
     with tempfile.TemporaryDirectory() as tmp:
         path = export.export_saved_model(model, f"{tmp}/fashion_mnist")
-        serve = tf.saved_model.load(str(path)).signatures["serving_default"]
+        serve = tf.saved_model.load(str(path)).signatures[signatures.SERVING_DEFAULT]
         one, batch, everything = (tf.constant(test_images[:n]) for n in (1, signatures.MAX_BATCH, len(test_images)))
-        # A request takes at most signatures.MAX_BATCH images: the whole test set goes as a client sends it, in parts.
-        parts = [everything[i : i + signatures.MAX_BATCH] for i in range(0, len(test_images), signatures.MAX_BATCH)]
+        # The whole test set goes as the package's clients send it: requests of layout.REQUEST_IMAGES.
+        parts = list(layout.request_batches(everything))
         p50, p99 = latencies_ms(lambda: serve(images=one), calls=500)
         batch_ms, _ = latencies_ms(lambda: serve(images=batch), calls=30, warmup=3)
         all_ms, _ = latencies_ms(lambda: [serve(images=part) for part in parts], calls=10, warmup=2)
@@ -29,11 +29,11 @@ def bench_serving(model, test_images):
     return {
         "serving_p50_ms_batch1": p50,
         "serving_p99_ms_batch1": p99,
-        "serving_images_per_s_batch1024": 1024 / batch_ms * 1e3,
+        "serving_images_per_s_batch1024": len(batch) / batch_ms * 1e3,
         "serving_images_per_s_all_test": len(test_images) / all_ms * 1e3,
         "predict_p50_ms_batch1": predict_p50,
         "predict_p99_ms_batch1": predict_p99,
-        "predict_images_per_s_batch1024": 1024 / predict_batch_ms * 1e3,
+        "predict_images_per_s_batch1024": len(batch) / predict_batch_ms * 1e3,
         "predict_images_per_s_all_test": len(test_images) / predict_all_ms * 1e3,
     }
 

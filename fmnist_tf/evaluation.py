@@ -14,41 +14,13 @@ import tensorflow as tf
 from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 
 from fmnist_tf import data, plots, storage
-from fmnist_tf.serving import layout
-from fmnist_tf.serving.signatures import SERVING_DEFAULT, SIGNATURE_INPUTS
+from fmnist_tf.serving.client import load_serving_default, predict_classes
 
 REPORT_FILE = "report.json"
 CONFUSION_MATRIX_FILE = "confusion_matrix.png"
 MISTAKES_FILE = "mistakes.png"
 TOP_CONFUSED = 5
 LITE_SUFFIX = ".tflite"
-
-
-def load_serving_default(model_dir):
-    """(SavedModel folder, its serving_default signature), loaded as TF Serving loads it; ``model_dir`` is a
-    SavedModel folder or a base path (``layout.saved_model_folder``)."""
-    version = layout.saved_model_folder(model_dir)
-    try:
-        loaded = tf.saved_model.load(str(version))
-    except (OSError, ValueError, tf.errors.OpError) as e:
-        # TF's message can run to several lines of hints; the first says what is wrong.
-        reason = str(e).strip().splitlines()[0]
-        raise layout.ModelDirError(f"{version}: not a loadable SavedModel: {reason}") from e
-    signatures = loaded.signatures
-    if SERVING_DEFAULT not in signatures:
-        raise layout.ModelDirError(
-            f"{version}: no {SERVING_DEFAULT} signature (found: {', '.join(signatures) or 'none'})"
-        )
-    return version, signatures[SERVING_DEFAULT]
-
-
-def predict_classes(signature, images):
-    """The class_id the serving_default ``signature`` returns for each of the uint8 [n, 28, 28] ``images``."""
-    input_name = SIGNATURE_INPUTS[SERVING_DEFAULT]
-    batches = (
-        signature(**{input_name: tf.constant(batch)})["class_id"].numpy() for batch in layout.request_batches(images)
-    )
-    return np.concatenate(list(batches)).astype(np.int64)
 
 
 def metrics_report(labels, predictions):

@@ -13,7 +13,7 @@ import tensorflow as tf
 
 from conftest import error_lines, parse_idx, run_script
 from fmnist_tf import data, evaluation
-from fmnist_tf.serving import layout
+from fmnist_tf.serving import client, layout
 
 
 @pytest.fixture(scope="module")
@@ -101,7 +101,7 @@ def test_a_base_path_resolves_to_its_highest_integer_version(exported, tmp_path)
 def test_a_savedmodel_outside_a_version_folder_is_scored_as_any_tf_code_would_load_it(exported, tmp_path):
     _, version, _ = exported
     plain = shutil.copytree(version, tmp_path / "my_model")  # tf.saved_model.save's folder: no version number
-    loaded, signature = evaluation.load_serving_default(plain)
+    loaded, signature = client.load_serving_default(plain)
     assert loaded == plain and "class_id" in signature.structured_outputs
     with pytest.raises(layout.ModelDirError, match="not a version folder"):
         layout.resolve_export(plain)  # TF Serving would not serve it: the serving check says so

@@ -18,12 +18,7 @@ from fmnist_tf.cli import common
 # Reports land beside the exports, never inside a version folder (TF Serving would serve what is there).
 REPORTS_DIR = "reports"
 
-flags.DEFINE_string(
-    "model_dir",
-    configs.default_export_dir("softmax"),
-    "A version folder, a base path (its highest version is scored), or a LiteRT .tflite file; "
-    "default the main job's exports.",
-)
+common.define_model_dir_flag(default=configs.default_export_dir("softmax"), also=", or a LiteRT .tflite file")
 flags.DEFINE_string(
     "out_dir",
     None,

@@ -6,8 +6,8 @@ Predict as TF Serving runs it (servables/tensorflow/predict_util.cc): the reques
 converted with ``Tensor::FromProto``) fed to the signature's input tensor names and all its output tensor names
 fetched in one ``Session::Run``.
 
-Imports only the standard library, NumPy, TensorFlow, the TF Serving API protos and fmnist_tf's TF-free data
-facts, so it runs under the TensorFlow the server embeds:
+Imports only the standard library, NumPy, TensorFlow, the TF Serving API protos and fmnist_tf's ``storage``,
+``layout``, ``c_api`` and TF-free data facts (never the exporter), so it runs under the TensorFlow the server embeds:
 ``python -m fmnist_tf.cli.check_serving --model_dir=...`` from a checkout with that TensorFlow installed.
 """
 
@@ -28,9 +28,11 @@ from fmnist_tf import storage
 from fmnist_tf.data import files
 from fmnist_tf.serving.c_api import CSavedModel
 from fmnist_tf.serving.layout import (
+    CLASS_ID,
     DEFAULT_SIGNATURE,
     MAX_WARMUP_RECORDS,
     PREDICT_METHODS,
+    PROBABILITIES,
     VARIABLES_PREFIX,
     WARMUP_FILE,
     ModelConfigError,
@@ -208,15 +210,15 @@ def accuracy_check(saved_model, raw_dir, provenance):
     parts = [saved_model.predict(predict_request(DEFAULT_SIGNATURE, {alias: batch})) for batch in request_batches(images)]
     seconds = time.perf_counter() - began
     outputs = {key: np.concatenate([part[key] for part in parts]) for key in parts[0]}
-    if not {"class_id", "probabilities"} & set(outputs):
+    if not {CLASS_ID, PROBABILITIES} & set(outputs):
         return Check("test accuracy", False, f"{DEFAULT_SIGNATURE} has neither a class_id nor a probabilities output")
-    predicted = outputs["class_id"] if "class_id" in outputs else outputs["probabilities"].argmax(axis=1)
+    predicted = outputs[CLASS_ID] if CLASS_ID in outputs else outputs[PROBABILITIES].argmax(axis=1)
     accuracy = float(np.mean(predicted == labels))
     detail = f"{accuracy:.4f} on {len(labels):,} images through {DEFAULT_SIGNATURE} ({seconds:.2f} s)"
     ok = True
-    if "probabilities" in outputs and not np.all(np.isfinite(outputs["probabilities"])):
+    if PROBABILITIES in outputs and not np.all(np.isfinite(outputs[PROBABILITIES])):
         ok, detail = False, detail + "; probabilities hold NaN or inf"
-    elif "probabilities" in outputs and not np.array_equal(predicted, outputs["probabilities"].argmax(axis=1)):
+    elif PROBABILITIES in outputs and not np.array_equal(predicted, outputs[PROBABILITIES].argmax(axis=1)):
         ok, detail = False, detail + "; class_id is not the argmax of probabilities"
     recorded = (provenance or {}).get("figures", {}).get("test_accuracy")
     if recorded is not None:

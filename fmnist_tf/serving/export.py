@@ -211,7 +211,7 @@ def export_saved_model(model, base_path, warmup_images=None, model_name=None, pr
     """
     check_finite_weights(model)
     base_path = check_writable(base_path)
-    model_name = model_name or os.path.basename(str(base_path))
+    model_name = layout.served_name(base_path, model_name)
     try:
         remove_stale_tmp(base_path)
         if not storage.is_local(base_path):

@@ -29,6 +29,8 @@ from fmnist_tf import storage
 
 SERVE_TAG = "serve"
 DEFAULT_SIGNATURE = "serving_default"
+# The outputs of every signature fmnist_tf exports (``signatures``), by the names clients and the check read.
+PROBABILITIES, CLASS_ID, CLASS_NAME = "probabilities", "class_id", "class_name"
 # TF Serving's VerifySignature accepts these method names for Predict.
 PREDICT_METHODS = ("tensorflow/serving/predict", "tensorflow/serving/classify", "tensorflow/serving/regress")
 WARMUP_FILE = os.path.join("assets.extra", "tf_serving_warmup_requests")
@@ -176,6 +178,12 @@ def saved_model_folder(model_dir):
     if is_saved_model(model_dir):
         return str(model_dir).rstrip("/") if storage.is_url(model_dir) else pathlib.Path(model_dir)
     return resolve_export(model_dir)[2]
+
+
+def served_name(base_path, model_name=None):
+    """The name ``base_path``'s versions are served under (in models.config, warmup requests, provenance):
+    ``model_name`` if given, else the base path's folder name."""
+    return model_name or os.path.basename(str(base_path).rstrip("/"))
 
 
 def model_config_path(base_path):

@@ -21,14 +21,14 @@ import numpy as np
 import tensorflow as tf
 from ai_edge_litert.interpreter import Interpreter
 
-from fmnist_tf import data, evaluation, storage
-from fmnist_tf.serving import layout
+from fmnist_tf import data, storage
+from fmnist_tf.serving import client, layout
 from fmnist_tf.serving.signatures import SERVING_DEFAULT, SIGNATURE_INPUTS
 
 MODEL_FILES = {"float32": "model_float32.tflite", "int8": "model_int8.tflite"}
 LABELS_FILE = "labels.txt"
 INPUT_NAME = SIGNATURE_INPUTS[SERVING_DEFAULT]
-LITE_OUTPUT = "probabilities"  # a LiteRT model's serving_default returns only these (names: labels.txt)
+LITE_OUTPUT = layout.PROBABILITIES  # a LiteRT model's serving_default returns only these (names: labels.txt)
 # Calibration sample: 500 images gave the same int8 accuracy as more here, and calibration runs them one by one.
 REPRESENTATIVE_EXAMPLES = 500
 LATENCY_CALLS = 500
@@ -96,7 +96,7 @@ def representative_images(train_images, count=REPRESENTATIVE_EXAMPLES, seed=42):
 def convert(version_dir, representative):
     """{"float32": bytes, "int8": bytes}: the .tflite models of the export at ``version_dir``.
 
-    ``version_dir`` must hold a SavedModel with serving_default (``evaluation.load_serving_default``
+    ``version_dir`` must hold a SavedModel with serving_default (``client.load_serving_default``
     checks it); ``representative`` (uint8 [n, 28, 28]) calibrates the int8 model's activation ranges.
     """
     module = _ProbabilitiesOnly(version_dir)
@@ -167,11 +167,11 @@ def export_lite(model_dir, out_dir, source="tfds", raw_dir=data.DEFAULT_RAW_DIR,
     SavedModel's own serving_default classes on the 10,000 test images. ``seed`` picks the
     ``representative_count`` training images that calibrate the int8 model.
     """
-    version, signature = evaluation.load_serving_default(model_dir)
+    version, signature = client.load_serving_default(model_dir)
     check_out_dir(out_dir)  # before the minutes of work, not after
     train_images, _ = data.load_arrays("train", source, raw_dir, tfds_dir)
     images, labels = data.load_arrays("test", source, raw_dir, tfds_dir)
-    reference = evaluation.predict_classes(signature, images)
+    reference = client.predict_classes(signature, images)
     paths, labels_path = write_models(version, out_dir, representative_images(train_images, representative_count, seed))
     figures = {
         "saved_model": {"path": str(version), "test_accuracy": float(np.mean(reference == labels))},

@@ -42,7 +42,7 @@ def _listed_path(base_path):
 def _config_entry(config, config_path, base_path, model_name=None):
     """The entry of ``config`` named ``model_name`` (default: the base path's folder name), or None; ModelConfigError
     when that name already serves another base path (a user's own model is never repointed)."""
-    model_name = model_name or os.path.basename(base_path)
+    model_name = layout.served_name(base_path, model_name)
     entry = next((e for e in config.model_config_list.config if e.name == model_name), None)
     if entry is not None and _listed_path(entry.base_path) != base_path:
         raise layout.ModelConfigError(
@@ -68,7 +68,7 @@ def write_model_config(config_path, base_path, model_name=None):
         config_path, base_path = pathlib.Path(config_path), pathlib.Path(base_path).resolve()
     else:  # a URL: TF Serving reads gs:// and s3:// base paths as they are
         config_path, base_path = str(config_path), str(base_path).rstrip("/")
-    model_name = model_name or os.path.basename(str(base_path))
+    model_name = layout.served_name(base_path, model_name)
     found = layout.version_paths(base_path)
     if not found or not layout.is_saved_model(found[max(found)]):
         raise ExportError(f"{base_path} holds no complete version to list in {config_path}")

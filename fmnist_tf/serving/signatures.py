@@ -18,7 +18,6 @@ SERVING_DEFAULT = layout.DEFAULT_SIGNATURE  # uint8 [None, 28, 28] raw pixels: w
 SERVING_NORMALIZED = "serving_normalized"  # float32 [None, 784], the notebook model's own input
 SERVING_PNG = "serving_png"  # string [None] encoded 28x28 grayscale PNGs ({"b64": ...} over REST)
 SIGNATURE_INPUTS = {SERVING_DEFAULT: "images", SERVING_NORMALIZED: "pixels", SERVING_PNG: "png_bytes"}
-OUTPUT_NAMES = ("probabilities", "class_id", "class_name")
 # Every signature refuses a request of more images than this: one request must not hold a core, or hundreds of
 # MB, for long (clients split larger batches).
 MAX_BATCH = 1024
@@ -38,7 +37,7 @@ _PNG_ACCEPTED = (*IMAGE_SHAPE[::-1], 8, 0)  # width, height, bit depth 8, colour
 def _outputs(probabilities):
     class_id = tf.argmax(probabilities, axis=-1, output_type=tf.int32)
     class_name = tf.gather(tf.constant(CLASS_NAMES), class_id)
-    return dict(zip(OUTPUT_NAMES, (probabilities, class_id, class_name)))
+    return {layout.PROBABILITIES: probabilities, layout.CLASS_ID: class_id, layout.CLASS_NAME: class_name}
 
 
 def _png_headers(png_bytes):
