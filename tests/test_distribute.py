@@ -1,5 +1,5 @@
-"""Strategy choice from the environment (simulated TPU VMs, TPU nodes, clusters, GPUs), and every strategy
-this CPU machine can build training the same figures, dropout included."""
+"""Strategy choice from the environment (simulated TPU VMs, TPU nodes, clusters, GPUs), the strategy this machine's
+devices call for, and every CPU strategy (which any machine can build) training the same figures, dropout included."""
 
 import json
 import os
@@ -127,9 +127,9 @@ print(json.dumps({"masks": masks, "runs": runs}))
 @pytest.fixture(scope="module")
 def every_strategy(tmp_path_factory):
     """mlp (Dropout) trained 1 epoch on 3,200 examples under each strategy; dropout masks of 2 replicas."""
-    done = subprocess.run(
-        [sys.executable, "-c", EVERY_STRATEGY], capture_output=True, text=True, cwd=tmp_path_factory.mktemp("every")
-    )
+    # CPUs only, on any machine: the default strategy and MWMS would otherwise take the GPUs the others are not on.
+    done = subprocess.run([sys.executable, "-c", EVERY_STRATEGY], capture_output=True, text=True,
+                          cwd=tmp_path_factory.mktemp("every"), env=dict(os.environ, CUDA_VISIBLE_DEVICES=""))  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
     return json.loads(done.stdout.strip().splitlines()[-1])
 

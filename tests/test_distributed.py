@@ -29,12 +29,14 @@ def _free_ports(n):
 
 
 def _launch(worker_args):
-    """Run train.py once per worker (its own args), as a TF_CONFIG cluster; return each (returncode, out, err)."""
+    """Run train.py once per worker (its own args), as a TF_CONFIG cluster of CPU workers (one replica each, on any
+    machine: MWMS would take every local GPU); return each (returncode, out, err)."""
     cluster = {"worker": [f"127.0.0.1:{port}" for port in _free_ports(len(worker_args))]}
     workers = [
         subprocess.Popen(
             script_command("train.py", *args),
-            env=dict(os.environ, TF_CONFIG=json.dumps({"cluster": cluster, "task": {"type": "worker", "index": i}})),
+            env=dict(os.environ, CUDA_VISIBLE_DEVICES="",
+                     TF_CONFIG=json.dumps({"cluster": cluster, "task": {"type": "worker", "index": i}})),
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO,
         )  # fmt: skip
         for i, args in enumerate(worker_args)
