@@ -37,7 +37,8 @@ def run_train_job(workdir, tfds_dir=None, epochs=EPOCHS):
 def bench_whole_process(repeats, tfds_dir=None):
     """What a user feels: whole-process wall time of the main job against the notebook's code run as a script,
     fresh processes interleaved (notebook, package, notebook, ...), after one untimed run of each (TFDS
-    prepared, its array cache made, files in the page cache); and each side's first fit in its fresh process.
+    prepared, its decoded copy saved (``data/decoded.py``), files in the page cache); and each side's first fit in
+    its fresh process.
     """
     notebook, package = [], []
     with tempfile.TemporaryDirectory() as tmp:
@@ -64,7 +65,7 @@ def bench_whole_process(repeats, tfds_dir=None):
 
 def bench_first_run(repeats):
     """The main job on a fresh machine: ``train.py --epochs=5`` with an empty HOME (so TFDS prepares
-    ``fashion_mnist`` into it from the shipped files, and the array cache is made), timed as a whole process."""
+    ``fashion_mnist`` into it from the shipped files, and its decoded copy is saved), timed as a whole process."""
     seconds = []
     for _ in range(repeats):
         with tempfile.TemporaryDirectory() as home:

@@ -81,7 +81,8 @@ def _conv_bn_relu(filters):
 def _cnn_bn_layers():
     return [
         keras.layers.Reshape((*IMAGE_SHAPE, 1)),
-        # No batch norm on the 28x28 maps: there it costs a fifth of the training time, epochs better spent.
+        # No batch norm on the 28x28 maps: there it slows every epoch (BUILD_NOTES.md, cnn_bn), time better spent on
+        # more epochs.
         keras.layers.Conv2D(32, 3, padding="same", activation="relu"),
         keras.layers.MaxPooling2D(),
         *_conv_bn_relu(64),

@@ -2,11 +2,11 @@
 
     python scripts/check_serving.py --model_dir=saved_models/fashion_mnist
 
-Prints one line per check (loads in the C++ loader, each signature's inputs and outputs, warmup records
-replayed, readable by other users, listed in the models.config beside the base path, test accuracy through
-serving_default), then the version's provenance; exit status 1 when any check fails. Run it with the
-TensorFlow of the TF Serving you deploy to (TF Serving 2.X embeds TensorFlow 2.X): it imports only absl,
-NumPy, TensorFlow, tensorflow-serving-api and fmnist_tf's light modules (``cli.common``, ``data.files``,
+Prints one line per check (loads in the C++ loader, finite weights, each signature's inputs and outputs,
+warmup records replayed, test accuracy through serving_default, readable by other users, listed in the
+models.config beside the base path), then the version's provenance; exit status 1 when any check fails. Run
+it with the TensorFlow of the TF Serving you deploy to (TF Serving 2.X embeds TensorFlow 2.X): it imports only
+absl, NumPy, TensorFlow, tensorflow-serving-api and fmnist_tf's light modules (``cli.common``, ``data.files``,
 ``storage``, ``serving.layout``/``c_api``/``check``), not TFDS or the rest of fmnist_tf.
 """
 

@@ -3,7 +3,7 @@ without its C++ start-up chatter on stderr (``held_back_stderr``, which the Lite
 
 absl's ``--help`` lists the flags that the module named by ``sys.argv[0]`` defines (or declares key flags),
 and ``--helpfull`` lists that module first; a job's flags are defined in ``fmnist_tf.cli.<job>`` but run
-from a door (``scripts/<job>.py``, an installed ``fmnist-<job>``, or ``python -m``).
+from a door (``scripts/<job>.py``, an installed ``fmnist-<job>`` with hyphens, or ``python -m``).
 
 TF 2.20+ writes a few lines from its C++ runtime while it is imported and while it first probes for
 devices (``WARNING: All log messages before absl::InitializeLog()...``, CUDA probing, oneDNN), before absl

@@ -9,7 +9,7 @@ from fmnist_tf import configs
 from fmnist_tf.cli import common
 
 flags.DEFINE_enum("model", "softmax", list(configs.MODELS), f"Which model to train. Defaults per model: {configs.describe_defaults()}.")
-flags.DEFINE_integer("epochs", None, "Passes over the 48,000 training images; default the model's.", lower_bound=1)
+flags.DEFINE_integer("epochs", None, "Passes over the training split; default the model's.", lower_bound=1)
 flags.DEFINE_integer("batch_size", None, "Global batch per training step (split across replicas); default the model's.", lower_bound=1)
 flags.DEFINE_enum("optimizer", None, list(configs.OPTIMIZERS), "Keras optimizer; default the model's.")
 flags.DEFINE_float("learning_rate", None, "Optimizer learning rate; default the optimizer's own.", lower_bound=0)
@@ -22,7 +22,7 @@ common.define_data_flags()
 flags.DEFINE_string(
     "export_dir", None,
     f"Base path of the exported versions; default {configs.default_export_dir('softmax')} for softmax, "
-    f"{configs.default_export_dir('softmax')}_<model> for the others; '' skips export.",
+    f"{configs.default_export_dir('<model>')} for the others; '' skips export.",
 )  # fmt: skip
 flags.DEFINE_integer(
     "shuffle_buffer", None, "Examples in the shuffle buffer; default the whole training split (a full shuffle).",

@@ -29,14 +29,13 @@ from fmnist_tf.data.files import (  # noqa: F401  (re-exported: the dataset's fa
 
 _EXPORTS = {
     **dict.fromkeys(
-        ("Examples", "READ_ERRORS", "as_examples", "idx_examples", "tfds_examples", "load_examples", "load_split",
-         "load_arrays", "load_arrays_in_file_order", "tfds_order", "prepare_tfds", "to_numpy"),
+        ("Examples", "READ_ERRORS", "plain_function", "as_examples", "idx_examples", "tfds_examples", "load_examples",
+         "load_split", "load_arrays", "load_arrays_in_file_order", "tfds_order", "prepare_tfds", "to_numpy"),
         "sources",
     ),  # fmt: skip
     **dict.fromkeys(("VALIDATION_FRACTION", "validation_mask", "select", "split_train_validation", "load_splits"), "splits"),
     **dict.fromkeys(
-        ("normalize", "plain_function", "window_key", "epoch_order", "shuffled", "chunks_per_epoch", "training_data",
-         "evaluation_data"),
+        ("normalize", "window_key", "epoch_order", "shuffled", "chunks_per_epoch", "training_data", "evaluation_data"),
         "pipeline",
     ),  # fmt: skip
     **dict.fromkeys(("MAX_SHIFT", "augment", "chunk_key"), "augmentation"),

@@ -13,7 +13,7 @@ under a temporary name and renamed into place whole, with a manifest of its file
 and TFDS's facts (shape, class names). What is read back is checked three ways: the files' sizes against the
 manifest before reading (a truncated copy is rebuilt), each record's CRC by tf.data while reading, and the
 block count at the end of each pass (``assert_cardinality``); a failure while reading becomes a ``DataError``
-naming the folder (``splits.Examples.read_error``).
+naming the folder (``sources.Examples.read_error``).
 
 Imports only the standard library here; TensorFlow and TFDS load inside the functions that need them, so
 ``find`` can tell a prepared dataset without importing TFDS.

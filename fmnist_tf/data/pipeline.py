@@ -28,6 +28,7 @@ import tensorflow as tf
 from fmnist_tf.data.augmentation import augment as augment_images
 from fmnist_tf.data.augmentation import chunk_key
 from fmnist_tf.data.files import NUM_PIXELS
+from fmnist_tf.data.sources import plain_function
 
 # Examples per chunk handed to the training loop (rounded down to whole global batches): large enough that
 # fetching a chunk is rare, small enough that its normalized floats (6 MB) stay in the cache.
@@ -35,9 +36,6 @@ CHUNK_EXAMPLES = 2_048
 EVALUATION_BATCH = 2_000
 # The window seed of window i is (seed, epoch + i * 2**32): window 0 keeps (seed, epoch).
 _WINDOW_STRIDE = 2**32
-# tf.data traces its functions through autograph; these have no Python control flow on tensors, so the source
-# conversion would only add to the tracing that every run pays before its first step.
-plain_function = tf.autograph.experimental.do_not_convert
 
 
 def normalize(images):

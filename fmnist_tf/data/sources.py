@@ -17,7 +17,6 @@ from absl import logging
 
 from fmnist_tf import storage
 from fmnist_tf.data import decoded
-from fmnist_tf.data.pipeline import plain_function
 from fmnist_tf.data.files import (
     DEFAULT_RAW_DIR,
     IMAGE_SHAPE,
@@ -33,6 +32,9 @@ from fmnist_tf.data.files import (
     check_split_files,
 )
 
+# tf.data traces its functions through autograph; data/'s have no Python control flow on tensors, so the source
+# conversion would only add to the tracing that every run pays before its first step.
+plain_function = tf.autograph.experimental.do_not_convert
 
 # What a damaged or vanished source raises while tf.data reads it: a record's CRC, a file gone, fewer blocks
 # than recorded (assert_cardinality). Other errors of a training step are not the data's.

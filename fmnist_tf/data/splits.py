@@ -4,8 +4,7 @@ import numpy as np
 import tensorflow as tf
 
 from fmnist_tf.data.files import DEFAULT_RAW_DIR
-from fmnist_tf.data.pipeline import plain_function
-from fmnist_tf.data.sources import Examples, load_examples
+from fmnist_tf.data.sources import Examples, load_examples, plain_function
 
 VALIDATION_FRACTION = 0.2
 

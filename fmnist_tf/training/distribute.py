@@ -127,19 +127,18 @@ def choose_strategy():
 
 
 def configure_threads(threads):
-    """Size TF's intra- and inter-op thread pools (0 keeps TF's default); False if TF already started.
+    """Size TF's intra- and inter-op thread pools (0 keeps TF's default).
 
-    TF fixes its pools when its runtime starts, so this must run before any TF op.
+    TF fixes its pools when its runtime starts, so this must run before any TF op; if TF has already started,
+    the pools stay as they are (logged at info level).
     """
     if not threads:
-        return True
+        return
     try:
         tf.config.threading.set_intra_op_parallelism_threads(threads)
         tf.config.threading.set_inter_op_parallelism_threads(threads)
     except RuntimeError:
         logging.info("TF already started: thread pools stay as they are")
-        return False
-    return True
 
 
 # tf.distribute's public class names, most specific first (the classes' own names are private ones such as

@@ -4,7 +4,7 @@ The data comes through the tf.data pipeline (``data.training_data``), distribute
 ``distribute_datasets_from_function``; one training step (Keras model, Keras optimizer) and one loop serve every
 ``tf.distribute`` strategy: an epoch is one call of a tf.function that draws chunks of steps from the
 iterator and runs each step with ``strategy.run``. Not ``model.fit``: Keras 3's ``fit`` fails under
-MultiWorkerMirroredStrategy (keras-team/keras#20585), and this loop also dispatches less per step on CPU.
+MultiWorkerMirroredStrategy (the upstream issue: BUILD_NOTES.md), and this loop also dispatches less per step on CPU.
 """
 
 import hashlib
