@@ -51,6 +51,7 @@ from fmnist_tf.serving.layout import (
 # near-tied images (separately compiled graphs); more than this many in 10,000 means another model.
 ACCURACY_TOLERANCE = 0.002
 
+
 def replay_warmup(saved_model, version_dir):
     """Run every warmup record of ``version_dir`` on ``saved_model`` as TF Serving does at load; return the count.
 
@@ -235,7 +236,7 @@ def finite_weights_check(version_dir):
         names = [name for name, dtype in sorted(reader.get_variable_to_dtype_map().items()) if dtype.is_floating]
         nonfinite = [name for name in names if not np.all(np.isfinite(reader.get_tensor(name)))]
     except (tf.errors.OpError, IndexError, ValueError) as e:
-        return Check("finite weights", False, f"{prefix}: cannot be read: {str(e).strip().splitlines()[0]}")
+        return Check("finite weights", False, f"{prefix}: cannot be read: {storage.reason(e)}")
     if nonfinite:
         return Check("finite weights", False, f"{len(nonfinite)} of {len(names)} variables hold NaN or inf "
                      f"(first: {nonfinite[0]}): the model diverged in training; do not serve it")  # fmt: skip

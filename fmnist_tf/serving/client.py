@@ -6,6 +6,7 @@ Evaluation and LiteRT's scoring both read an export through here.
 import numpy as np
 import tensorflow as tf
 
+from fmnist_tf import storage
 from fmnist_tf.serving import layout
 from fmnist_tf.serving.signatures import SERVING_DEFAULT, SIGNATURE_INPUTS
 
@@ -18,9 +19,7 @@ def load_serving_default(model_dir):
     try:
         loaded = tf.saved_model.load(str(version))
     except (OSError, ValueError, tf.errors.OpError) as e:
-        # TF's message can run to several lines of hints; the first says what is wrong.
-        reason = str(e).strip().splitlines()[0]
-        raise layout.ModelDirError(f"{version}: not a loadable SavedModel: {reason}") from e
+        raise layout.ModelDirError(f"{version}: not a loadable SavedModel: {storage.reason(e)}") from e
     signatures = loaded.signatures
     if SERVING_DEFAULT not in signatures:
         raise layout.ModelDirError(

@@ -76,12 +76,12 @@ def check_writable(base_path):
         try:
             tf.io.gfile.makedirs(str(base_path))
         except tf.errors.OpError as e:
-            raise ExportError(f"export dir {base_path} cannot be written: {e.message}") from e
+            raise ExportError(f"export dir {base_path} cannot be written: {storage.reason(e)}") from e
         return str(base_path).rstrip("/")
     try:
         return storage.ensure_writable_dir(base_path)
     except OSError as e:
-        raise ExportError(f"export dir {base_path} cannot be written: {e.strerror or e}") from e
+        raise ExportError(f"export dir {base_path} cannot be written: {storage.reason(e)}") from e
 
 
 def _write_warmup(version_dir, logs):

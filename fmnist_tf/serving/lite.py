@@ -42,7 +42,7 @@ def load_lite_model(path):
     try:
         interpreter = Interpreter(model_path=str(path))
     except (ValueError, RuntimeError) as e:
-        raise layout.ModelDirError(f"{path}: not a LiteRT model: {str(e).strip().splitlines()[0]}") from e
+        raise layout.ModelDirError(f"{path}: not a LiteRT model: {storage.reason(e)}") from e
     signatures = interpreter.get_signature_list()
     expected = {"inputs": [INPUT_NAME], "outputs": [LITE_OUTPUT]}
     if signatures.get(SERVING_DEFAULT) != expected:
@@ -84,7 +84,7 @@ def check_out_dir(out_dir):
     try:
         return storage.ensure_writable_dir(out_dir)
     except OSError as e:
-        raise OutDirError(f"out dir {out_dir} cannot be written: {e.strerror or e}") from e
+        raise OutDirError(f"out dir {out_dir} cannot be written: {storage.reason(e)}") from e
 
 
 def representative_images(train_images, count=REPRESENTATIVE_EXAMPLES, seed=42):
