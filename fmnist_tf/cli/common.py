@@ -95,11 +95,9 @@ def lite_output_held_back():
 
 
 def cpp_logs_held_back():
-    """A block whose C++ log lines below TF_CPP_MIN_LOG_LEVEL are dropped from stderr, unless --verbosity asks for
-    logs: a library loaded through TF's C API logs before its own absl logging is set up, as TF's start does."""
-    if logs_requested():
-        return contextlib.nullcontext()
-    return startup.held_back_stderr(startup.startup_noise(startup.min_log_level()))
+    """A block whose C++ log lines below TF_CPP_MIN_LOG_LEVEL are dropped from stderr (``startup.cpp_logs_held_back``),
+    unless --verbosity asks for logs."""
+    return contextlib.nullcontext() if logs_requested() else startup.cpp_logs_held_back()
 
 
 def parse_flags(argv):

@@ -117,6 +117,12 @@ def held_back_stderr(noise):
 KERAS_OPTIONAL_IMPORTS = ("sklearn", "matplotlib")
 
 
+def cpp_logs_held_back():
+    """``held_back_stderr`` dropping the C++ log lines that TF_CPP_MIN_LOG_LEVEL would have hidden
+    (``startup_noise``): TF's start, or a library loaded through TF's C API, logs before absl logging is set up."""
+    return held_back_stderr(startup_noise(min_log_level()))
+
+
 def import_tensorflow():
     """``import tensorflow`` with Keras's optional scikit-learn and matplotlib imports skipped (both stay
     importable for the job's own use afterwards; keras.wrappers and keras.visualization do not work), and a
@@ -144,6 +150,6 @@ def start_tensorflow(hold_back=True):
     start TF's runtime, so thread pools and multi-worker strategies can still be configured afterwards.
     ``hold_back=False`` leaves stderr alone (a user who asked for logs sees everything).
     """
-    with held_back_stderr(startup_noise(min_log_level())) if hold_back else contextlib.nullcontext():
+    with cpp_logs_held_back() if hold_back else contextlib.nullcontext():
         tf = import_tensorflow()
         tf.config.list_physical_devices()
